@@ -1,0 +1,30 @@
+# `make demo` and `make test` set everything up on first use: a local virtualenv with the pinned stack.
+VENV    ?= .venv
+PYTHON  ?= python3
+# The CPU wheel keeps a laptop/CI install small; on a GPU machine use e.g. TORCH="torch==2.13.0 --index-url ...cu130".
+TORCH   ?= torch==2.13.0
+STAMP   := $(VENV)/.installed-stamp
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
+
+.PHONY: demo test test-fast clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q $(TORCH)
+	$(VENV)/bin/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+# The offline pipeline: base -> SFT -> DPO on a tiny OLMoE, report in runs/demo/report.md (replaces runs/demo).
+demo: $(STAMP)
+	$(OFFLINE) $(VENV)/bin/adapt demo --output runs/demo --overwrite
+
+# The whole suite, slow tests included (the demo's learning checks).
+test: $(STAMP)
+	$(OFFLINE) $(VENV)/bin/python -m pytest
+
+test-fast: $(STAMP)
+	$(OFFLINE) $(VENV)/bin/python -m pytest -m "not slow and not multiprocess"
+
+clean:
+	rm -rf $(VENV) runs *.egg-info

@@ -1,0 +1,277 @@
+"""Load a recipe YAML (plus command-line overrides) into a validated `AdaptSFTConfig` / `AdaptDPOConfig`.
+
+Everything here runs before any model or dataset is touched, so a bad recipe fails in seconds with one line naming
+the file, the key and the fix. Order of checks: YAML syntax -> unknown keys and types -> contradictions between
+fields -> files that must exist -> TRL's own `__post_init__` validation (re-raised with the file name).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from adapt.config.checks import RecipeError, coerce_scalar, describe, matches, suggest
+from adapt.config.sections import SECTION_TYPES, DataSource
+
+TOP_LEVEL_KEYS = ("stage", *SECTION_TYPES, "training", "overwrite")
+
+# TRL/transformers fields the toolkit owns through its own sections: setting them under `training:` would be
+# ambiguous, so the loader points at the section instead.
+OWNED_TRAINING_KEYS = {
+    "router_aux_loss_coef": "router.load_balancing_weight",
+    "deepspeed": "parallel.deepspeed",
+    "push_to_hub": "hub.push",
+    "hub_model_id": "hub.repo_id",
+    "hub_private_repo": "hub.private",
+    "hub_revision": "hub.revision",
+    "model_init_kwargs": "model.dtype / model.attn_implementation",
+}
+
+# Keys that older recipes (open-instruct, transformers 4, TRL < 1) use and today's libraries renamed.
+RENAMED_TRAINING_KEYS = {
+    "warmup_ratio": "use `warmup_steps` with the same value (transformers 5 reads a float in [0, 1) as a ratio)",
+    "evaluation_strategy": "use `eval_strategy`",
+    "max_seq_length": "use `max_length`",
+    "overwrite_output_dir": "use `overwrite: true` at the top level (or --overwrite)",
+}
+
+
+def load_recipe(path: str | os.PathLike, overrides: typing.Sequence[str] = (), *, check_paths: bool = True,
+                check_hardware: bool = True, stage: str | None = None):
+    """Read, override, validate and build the typed config of one stage.
+
+    overrides: `key.sub=value` strings (value parsed as YAML), applied on top of the file.
+    check_paths: require local data files, model folders and tokenizers to exist (off only to validate a recipe
+        whose inputs are produced by an earlier stage that has not run yet).
+    check_hardware: let TRL reject settings this machine cannot run (e.g. bf16 without a GPU). Off to validate a GPU
+        recipe on a CPU machine.
+    stage: the stage the caller runs (`adapt sft` expects `stage: sft`).
+    """
+    file = str(path)
+    raw = _read_yaml(file)
+    for item in overrides:
+        _apply_override(raw, item, file)
+    return build_config(raw, file, check_paths=check_paths, check_hardware=check_hardware, stage=stage)
+
+
+def build_config(raw: dict[str, Any], file: str | None = None, *, check_paths: bool = True,
+                 check_hardware: bool = True, stage: str | None = None):
+    from adapt.config.configs import STAGE_CONFIGS, TRL_CONFIGS  # imports TRL: keep `adapt --help` fast
+
+    for key in raw:
+        if key not in TOP_LEVEL_KEYS:
+            raise RecipeError(file, key, "unknown top-level key", suggest(key, TOP_LEVEL_KEYS))
+    recipe_stage = raw.get("stage")
+    if recipe_stage not in STAGE_CONFIGS:
+        raise RecipeError(file, "stage", f"must be one of {sorted(STAGE_CONFIGS)}, got {recipe_stage!r}",
+                          "add `stage: sft` or `stage: dpo` at the top of the recipe")
+    if stage is not None and recipe_stage != stage:
+        raise RecipeError(file, "stage", f"this is a `{recipe_stage}` recipe but `adapt {stage}` was run",
+                          f"run `adapt {recipe_stage} --config {file}`")
+    if not isinstance(raw.get("overwrite", False), bool):
+        raise RecipeError(file, "overwrite", "must be true or false")
+
+    sections = {name: _section(raw.get(name) or {}, cls, name, file) for name, cls in SECTION_TYPES.items()}
+    training = _training(raw.get("training") or {}, TRL_CONFIGS[recipe_stage], file)
+    _check_contradictions(recipe_stage, sections, training, file)
+    if check_paths:
+        _check_paths(sections, file)
+        _check_output_dir(training["output_dir"], raw.get("overwrite", False), file)
+
+    cls = STAGE_CONFIGS[recipe_stage]
+    training["router_aux_loss_coef"] = sections["router"].load_balancing_weight
+    training["deepspeed"] = _deepspeed_config(sections["parallel"], file)
+    kwargs = dict(training, stage=recipe_stage, overwrite=raw.get("overwrite", False), recipe_path=file, **sections)
+    return _construct(cls, kwargs, file, check_hardware)
+
+
+# ----------------------------------------------------------------------------------------------------------- reading
+
+def _read_yaml(file: str) -> dict[str, Any]:
+    if not os.path.isfile(file):
+        raise RecipeError(file, "--config", "recipe file not found", "check the path (recipes live under recipes/)")
+    try:
+        with open(file, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "YAML"
+        raise RecipeError(file, where, f"not valid YAML ({getattr(e, 'problem', e)})", "fix the syntax") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError(file, "(top level)", "a recipe must be a mapping of sections", "see recipes/demo/sft.yaml")
+    return raw
+
+
+def _apply_override(raw: dict[str, Any], item: str, file: str) -> None:
+    if "=" not in item:
+        raise RecipeError(file, item, "an override must look like `section.key=value`",
+                          "e.g. `training.learning_rate=1e-4`")
+    dotted, text = item.split("=", 1)
+    try:
+        value = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        value = text
+    node: Any = raw
+    parts = dotted.strip().split(".")
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, list):  # `data.sources.0.rows=100` addresses the first source
+            if not part.isdigit() or int(part) >= len(node):
+                raise RecipeError(file, dotted, f"`{part}` is not an index of a {len(node)}-item list",
+                                  f"use 0..{len(node) - 1}")
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise RecipeError(file, dotted, f"`{parts[depth - 1]}` is not a section", "override a key inside a section")
+        if last:
+            node[part] = value
+        else:
+            node = node.setdefault(part, {}) if isinstance(node, dict) else node[part]
+
+
+# -------------------------------------------------------------------------------------------------------- validation
+
+def _fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls) if f.init and f.metadata.get("recipe_key", True)}
+
+
+def _section(values: Any, cls, where: str, file: str | None):
+    """Check one section's keys and types and build its dataclass (recursing into lists of sources)."""
+    if dataclasses.is_dataclass(values):
+        return values
+    if not isinstance(values, dict):
+        raise RecipeError(file, where, f"must be a mapping, got {type(values).__name__}", f"write `{where}:` keys")
+    fields, hints = _fields(cls), typing.get_type_hints(cls)
+    out = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise RecipeError(file, f"{where}.{key}", "unknown key", suggest(key, fields))
+        value = coerce_scalar(value, hints[key])
+        if not matches(value, hints[key]):
+            raise RecipeError(file, f"{where}.{key}", f"expected {describe(hints[key])}, got {value!r}",
+                              f"give a {describe(hints[key])}")
+        if key == "sources":
+            value = [_section(v, DataSource, f"{where}.sources[{i}]", file) for i, v in enumerate(value)]
+        out[key] = value
+    return cls(**out)
+
+
+def _training(values: Any, trl_cls, file: str | None) -> dict[str, Any]:
+    if not isinstance(values, dict):
+        raise RecipeError(file, "training", "must be a mapping of TRL config fields", "e.g. `learning_rate: 2e-5`")
+    fields, hints = _fields(trl_cls), typing.get_type_hints(trl_cls)
+    out = {}
+    for key, value in values.items():
+        if key in OWNED_TRAINING_KEYS:
+            raise RecipeError(file, f"training.{key}", "is set through the toolkit's own section",
+                              f"set `{OWNED_TRAINING_KEYS[key]}` instead")
+        if key not in fields:
+            fix = RENAMED_TRAINING_KEYS.get(key) or suggest(key, fields)
+            raise RecipeError(file, f"training.{key}", f"unknown {trl_cls.__name__} field", fix)
+        value = coerce_scalar(value, hints[key])
+        if not matches(value, hints[key]):
+            raise RecipeError(file, f"training.{key}", f"expected {describe(hints[key])}, got {value!r}",
+                              f"give a {describe(hints[key])}")
+        out[key] = value
+    if not out.get("output_dir"):
+        raise RecipeError(file, "training.output_dir", "missing", "say where the run folder goes, e.g. runs/my-sft")
+    return out
+
+
+def _check_contradictions(stage: str, s: dict[str, Any], training: dict[str, Any], file: str | None) -> None:
+    model, data, router, parallel, hub = s["model"], s["data"], s["router"], s["parallel"], s["hub"]
+    if (model.name_or_path is None) == (model.config is None):
+        raise RecipeError(file, "model", "give exactly one of `name_or_path` (load weights) or `config` (random init)",
+                          "keep the one you mean")
+    if model.config is not None and not model.tokenizer:
+        raise RecipeError(file, "model.tokenizer", "a model built from `config` needs a tokenizer",
+                          "set `model.tokenizer` to a Hub id, a folder or `builtin:<name>`")
+    if not data.sources:
+        raise RecipeError(file, "data.sources", "no training data", "list at least one source (path, hub or task)")
+    for i, src in enumerate(data.sources):
+        given = [k for k in ("path", "hub", "task") if getattr(src, k)]
+        if len(given) != 1:
+            raise RecipeError(file, f"data.sources[{i}]", f"needs exactly one of path/hub/task, got {given or 'none'}",
+                              "keep one")
+        if src.rows is not None and src.rows <= 0:
+            raise RecipeError(file, f"data.sources[{i}].rows", "must be positive", "drop it to take every row")
+    for name in ("load_balancing_weight", "z_loss_weight"):
+        if getattr(router, name) < 0:
+            raise RecipeError(file, f"router.{name}", "must be >= 0", "use 0 to switch the loss off")
+    if training.get("bf16") and training.get("fp16"):
+        raise RecipeError(file, "training.fp16", "bf16 and fp16 are both on", "keep one")
+    if stage == "sft" and training.get("padding_free") and not training.get("packing", False):
+        pass  # TRL allows padding-free without packing; nothing to reject
+    if parallel.expert_parallel_size < 1:
+        raise RecipeError(file, "parallel.expert_parallel_size", "must be >= 1", "use 1 for no expert parallelism")
+    experts = (model.config or {}).get("num_experts")
+    if experts and experts % parallel.expert_parallel_size:
+        raise RecipeError(file, "parallel.expert_parallel_size",
+                          f"{experts} experts cannot be split evenly over {parallel.expert_parallel_size} ranks",
+                          "choose a divisor of the expert count")
+    if parallel.expert_parallel_size > 1 and not parallel.deepspeed:
+        raise RecipeError(file, "parallel.expert_parallel_size", "expert parallelism runs through DeepSpeed",
+                          "also set `parallel.deepspeed` (e.g. zero2)")
+    if hub.push and not hub.repo_id:
+        raise RecipeError(file, "hub.repo_id", "`hub.push` is on but no repository is named", "set `ORG/NAME`")
+
+
+def _looks_local(ref: str) -> bool:
+    """Hub ids are `name` or `org/name`; anything else (./x, /x, a/b/c, ~) is a local path."""
+    return ref.startswith((".", "/", "~")) or ref.count("/") > 1 or os.path.exists(ref)
+
+
+def _check_paths(s: dict[str, Any], file: str | None) -> None:
+    model = s["model"]
+    for key, ref in (("model.name_or_path", model.name_or_path), ("model.tokenizer", model.tokenizer)):
+        if ref and not ref.startswith("builtin:") and _looks_local(ref) and not os.path.exists(os.path.expanduser(ref)):
+            raise RecipeError(file, key, f"local path {ref!r} does not exist",
+                              "run the stage that writes it first, or give a Hub id")
+    for i, src in enumerate(s["data"].sources):
+        if src.path and not os.path.isfile(os.path.expanduser(src.path)):
+            raise RecipeError(file, f"data.sources[{i}].path", f"data file {src.path!r} not found",
+                              "check the path (relative paths start from the current directory)")
+
+
+def _deepspeed_config(parallel, file: str | None) -> str | None:
+    if not parallel.deepspeed:
+        return None
+    from adapt.parallel import preset_path
+
+    path = preset_path(parallel.deepspeed)
+    if path is None:
+        raise RecipeError(file, "parallel.deepspeed", f"{parallel.deepspeed!r} is neither a shipped preset nor a file",
+                          "use zero2, zero3, zero3-offload or a path to a DeepSpeed JSON")
+    return str(path)
+
+
+def _check_output_dir(output_dir: str, overwrite: bool, file: str | None) -> None:
+    out = Path(output_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise RecipeError(file, "training.output_dir", f"{output_dir} already holds a run and would be overwritten",
+                          "choose another output_dir, or pass --overwrite to replace it")
+
+
+def _construct(cls, kwargs: dict[str, Any], file: str | None, check_hardware: bool):
+    """Run TRL's own validation; without `check_hardware`, validate a GPU recipe as if on a capable machine."""
+    import torch
+
+    want_bf16 = kwargs.get("bf16", True) and not kwargs.get("fp16")  # TRL turns bf16 on unless told otherwise
+    cpu_stand_in = not check_hardware and want_bf16 and not torch.cuda.is_available() and not kwargs.get("use_cpu")
+    try:
+        config = cls(**(dict(kwargs, use_cpu=True) if cpu_stand_in else kwargs))
+    except (ValueError, TypeError) as e:
+        message = str(e).split("\n")[0]
+        if "bf16" in message:
+            raise RecipeError(file, "training.bf16", "this machine has no bf16-capable GPU",
+                              "set `training.bf16: false` to run on CPU, or launch on a GPU") from None
+        raise RecipeError(file, "training", message, "see the TRL/transformers documentation of that field") from None
+    if cpu_stand_in:
+        config.use_cpu = False
+    return config

@@ -1,0 +1,97 @@
+"""The toolkit's own recipe sections: everything a recipe says that TRL's configs do not.
+
+Each section is a plain dataclass so that the recipe loader can check keys and types against its fields, and so
+that the resolved recipe written beside a model is just `dataclasses.asdict` of these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass
+class ModelSection:
+    """Which model and tokenizer a stage starts from."""
+
+    # A Hub id (`allenai/OLMoE-1B-7B-0924`) or a local folder written by `save_pretrained` (e.g. an SFT run).
+    name_or_path: str | None = None
+    # Instead of loading weights: build a randomly initialised model from these config fields (tiny demo/test models).
+    config: dict[str, Any] | None = None
+    # The architecture `config` builds; only OLMoE-style MoE models are wired up so far.
+    architecture: Literal["olmoe"] = "olmoe"
+    revision: str | None = None
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    # Hub id or folder of the tokenizer; defaults to `name_or_path`. `builtin:<name>` builds one of the project's own.
+    tokenizer: str | None = None
+    # `tulu`: the open-instruct template OLMoE-Instruct was trained with; `tokenizer`: keep the tokenizer's own.
+    chat_template: Literal["tulu", "tokenizer"] = "tulu"
+    # Prepend the BOS token to every example (open-instruct's `--add_bos`, used by the OLMoE recipe).
+    add_bos: bool = False
+    experts_implementation: Literal["grouped_mm", "eager", "batched_mm"] | None = None
+    attn_implementation: str | None = None
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DataSource:
+    """One input to the training mixture. Exactly one of `path`, `hub` or `task` is set."""
+
+    path: str | None = None  # a local .jsonl / .json file
+    hub: str | None = None  # a Hub dataset name, e.g. allenai/tulu-v3.1-mix-preview-4096-OLMoE
+    task: str | None = None  # a built-in generated task (adapt.eval.tasks), e.g. `reverse`
+    name: str | None = None  # Hub dataset config name
+    split: str = "train"
+    revision: str | None = None
+    rows: int | None = None  # take at most this many rows (after a seeded shuffle when `shuffle`)
+    shuffle: bool = False
+
+
+@dataclass
+class DataSection:
+    """The training data of a stage."""
+
+    sources: list[DataSource] = field(default_factory=list)
+    # Rows held out of the mixture for the trainer's evaluation loop (0: none).
+    eval_rows: int = 0
+    seed: int = 0
+
+
+@dataclass
+class RouterSection:
+    """MoE router auxiliary losses, added to the SFT loss and to the DPO policy loss."""
+
+    # Switch-style load-balancing loss (the model's own `load_balancing_loss_func`); OLMoE pretraining used 0.01.
+    load_balancing_weight: float = 0.01
+    # Router z-loss, mean over tokens of logsumexp(router logits)^2 averaged over layers; OLMoE pretraining used 0.001.
+    z_loss_weight: float = 0.001
+    # Log per-layer router statistics (expert load shares, max/min load ratio, router entropy) at each logging step.
+    log_stats: bool = True
+
+
+@dataclass
+class ParallelSection:
+    """How a stage is spread over GPUs (launched with `accelerate launch`)."""
+
+    # A shipped DeepSpeed preset (`zero2`, `zero3`, `zero3-offload`) or a path to a DeepSpeed JSON config.
+    deepspeed: str | None = None
+    expert_parallel_size: int = 1
+
+
+@dataclass
+class HubSection:
+    """Push the stage's model folder to the Hugging Face Hub when it ends."""
+
+    push: bool = False
+    repo_id: str | None = None
+    private: bool = False
+    revision: str | None = None
+
+
+SECTION_TYPES = {
+    "model": ModelSection,
+    "data": DataSection,
+    "router": RouterSection,
+    "parallel": ParallelSection,
+    "hub": HubSection,
+}

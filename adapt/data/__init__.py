@@ -1,0 +1,1 @@
+"""Training data: sources, tokenizers and chat templates."""

@@ -1,0 +1,91 @@
+"""MoE router losses and statistics.
+
+Shapes: `router_logits_TE` is one layer's logits, T tokens (batch x sequence, flattened the way HF MoE blocks do)
+by E experts; a model gives one per layer. `token_mask_T` is 1 for real tokens and 0 for padding (the flattened
+2-D attention mask), or None when every token is real (padding-free batches).
+
+The load-balancing loss is the model's own (transformers' `load_balancing_loss_func`, the one TRL weights with
+`router_aux_loss_coef`). The router z-loss (ST-MoE, Zoph et al. 2022, eq. 5; used in OLMoE pretraining) exists in
+none of transformers, TRL or DeepSpeed, so it is written here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+
+def _flat_mask(token_mask_T: torch.Tensor | None, device) -> torch.Tensor | None:
+    return None if token_mask_T is None else token_mask_T.reshape(-1).to(device=device, dtype=torch.float32)
+
+
+def router_z_loss(router_logits: Sequence[torch.Tensor], token_mask_T: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over layers of the mean over real tokens of logsumexp(router logits)^2.
+
+    It keeps router logits small, which keeps the softmax (and bf16 routing) numerically stable. Computed in fp32.
+    """
+    per_layer = []
+    for router_logits_TE in router_logits:
+        z_T = torch.logsumexp(router_logits_TE.float(), dim=-1).square()
+        mask_T = _flat_mask(token_mask_T, z_T.device)
+        if mask_T is None:
+            per_layer.append(z_T.mean())
+        else:
+            per_layer.append((z_T * mask_T).sum() / mask_T.sum().clamp(min=1))
+    return torch.stack(per_layer).mean()
+
+
+def load_balancing_loss(router_logits: Sequence[torch.Tensor], num_experts: int, top_k: int,
+                        attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The Switch-Transformer loss as transformers computes it for Mixtral/OLMoE (E * sum_e f_e * P_e, pooled over
+    layers; about top_k when perfectly balanced). Thin wrapper so the toolkit names one function for both losses."""
+    return load_balancing_loss_func(tuple(router_logits), num_experts, top_k, attention_mask)
+
+
+@dataclass
+class RouterStats:
+    """Routing counts accumulated over micro-batches until the next logging step."""
+
+    tokens_per_expert_LE: torch.Tensor  # top-k assignments per layer and expert (real tokens only)
+    entropy_sum_L: torch.Tensor  # sum over real tokens of the router's softmax entropy, per layer
+    num_tokens: float
+
+    def __add__(self, other: RouterStats) -> RouterStats:
+        return RouterStats(self.tokens_per_expert_LE + other.tokens_per_expert_LE,
+                           self.entropy_sum_L + other.entropy_sum_L, self.num_tokens + other.num_tokens)
+
+    def summary(self) -> dict[str, list[float] | list[list[float]]]:
+        """Per layer: share of routed tokens per expert, max/min expert load ratio, mean router entropy (nats).
+
+        The ratio divides by max(min load, 1 token) so that an expert that got no tokens gives a large finite
+        number instead of infinity (JSON and TensorBoard both choke on inf).
+        """
+        counts_LE = self.tokens_per_expert_LE.double()
+        share_LE = counts_LE / counts_LE.sum(dim=-1, keepdim=True).clamp(min=1)
+        ratio_L = counts_LE.max(dim=-1).values / counts_LE.min(dim=-1).values.clamp(min=1)
+        entropy_L = self.entropy_sum_L.double() / max(self.num_tokens, 1)
+        return {"expert_share": share_LE.tolist(), "load_ratio": ratio_L.tolist(), "entropy": entropy_L.tolist()}
+
+
+@torch.no_grad()
+def router_stats(router_logits: Sequence[torch.Tensor], top_k: int,
+                 token_mask_T: torch.Tensor | None = None) -> RouterStats:
+    """Count one forward's routing decisions (softmax then top-k, as OLMoE routes) and router entropy."""
+    counts, entropies = [], []
+    num_tokens = None
+    for router_logits_TE in router_logits:
+        probs_TE = torch.softmax(router_logits_TE.float(), dim=-1)
+        mask_T = _flat_mask(token_mask_T, probs_TE.device)
+        if mask_T is None:
+            mask_T = torch.ones(probs_TE.shape[0], device=probs_TE.device)
+        top_k_index_TK = probs_TE.topk(top_k, dim=-1).indices
+        tokens_per_expert_E = torch.zeros(probs_TE.shape[-1], device=probs_TE.device).scatter_add_(
+            0, top_k_index_TK.reshape(-1), mask_T.repeat_interleave(top_k))
+        entropy_T = -(probs_TE * probs_TE.clamp(min=1e-30).log()).sum(dim=-1)
+        counts.append(tokens_per_expert_E)
+        entropies.append((entropy_T * mask_T).sum())
+        num_tokens = float(mask_T.sum())
+    return RouterStats(torch.stack(counts).cpu(), torch.stack(entropies).cpu(), num_tokens or 0.0)

@@ -1,0 +1,1 @@
+"""Models: loading from the Hub or a folder, or building from a config."""

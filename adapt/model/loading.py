@@ -1,0 +1,43 @@
+"""Load the model a recipe's `model:` section names, or build a randomly initialised one from its `config`."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM, OlmoeConfig, OlmoeForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+ARCHITECTURES = {"olmoe": (OlmoeConfig, OlmoeForCausalLM)}
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def _impl_kwargs(section) -> dict:
+    kwargs = {}
+    if section.experts_implementation:
+        kwargs["experts_implementation"] = section.experts_implementation
+    if section.attn_implementation:
+        kwargs["attn_implementation"] = section.attn_implementation
+    return kwargs
+
+
+def build_model(section, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
+    """A fresh model from `section.config`, sized to the tokenizer. The same seed always gives the same weights, so
+    the demo's `base` scores describe exactly the model SFT starts from."""
+    config_cls, model_cls = ARCHITECTURES[section.architecture]
+    fields = dict(section.config)
+    fields.setdefault("vocab_size", len(tokenizer))
+    for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        fields.setdefault(name, getattr(tokenizer, name))
+    config = config_cls(**fields)
+    torch.manual_seed(seed)
+    model = model_cls._from_config(config, **_impl_kwargs(section))
+    if section.dtype in DTYPES:
+        model = model.to(DTYPES[section.dtype])
+    return model
+
+
+def load_model(section, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> PreTrainedModel:
+    """Weights from the Hub or a local folder (`name_or_path`), or a fresh model (`config`)."""
+    if section.config is not None:
+        return build_model(section, tokenizer, seed)
+    dtype = DTYPES.get(section.dtype, "auto")
+    return AutoModelForCausalLM.from_pretrained(section.name_or_path, revision=section.revision, dtype=dtype,
+                                                trust_remote_code=section.trust_remote_code, **_impl_kwargs(section))

@@ -1,0 +1,1 @@
+"""Training stages (SFT, DPO) and the demo pipeline, each runnable as a module under `accelerate launch`."""

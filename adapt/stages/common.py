@@ -1,0 +1,94 @@
+"""What every training stage does around its trainer: arguments, the run folder, and what is saved into it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+
+def stage_parser(stage: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"adapt {stage}", description=f"Run the {stage.upper()} stage of a recipe.",
+        epilog="Overrides: `section.key=value`, e.g. training.learning_rate=1e-4 router.z_loss_weight=0")
+    parser.add_argument("--config", required=True, help="recipe YAML (recipes/...)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder at output_dir")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides on top of the file")
+    return parser
+
+
+def load_stage_config(stage: str, argv=None):
+    """Parse the command line and load the validated recipe; exits with one line on a bad recipe."""
+    from adapt.config import RecipeError, load_recipe
+
+    args = stage_parser(stage).parse_args(argv)
+    overrides = list(args.overrides) + (["overwrite=true"] if args.overwrite else [])
+    if _distributed_cpu() and not any(o.startswith("training.ddp_backend=") for o in overrides):
+        # Without a GPU, torch.distributed needs gloo; left unset, every rank believes it is rank 0 of 1.
+        overrides.append("training.ddp_backend=gloo")
+    try:
+        return load_recipe(args.config, overrides, stage=stage)
+    except RecipeError as e:
+        sys.exit(f"error: {e}")
+
+
+def _distributed_cpu() -> bool:
+    import torch
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
+def start_run_dir(config, is_main: bool) -> Path:
+    """Create the run folder. An existing run is only replaced when the recipe says `overwrite` (checked again
+    here because the folder may have appeared since the recipe was validated)."""
+    out = Path(config.output_dir)
+    if is_main and out.exists() and any(out.iterdir()):
+        if not config.overwrite:
+            sys.exit(f"error: {out} already holds a run; choose another training.output_dir or pass --overwrite")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def save_run(trainer, config, tokenizer, started: float) -> Path:
+    """Write the model folder the next stage (and `from_pretrained`) loads: weights, config, tokenizer with chat
+    template, the fully resolved recipe, and a run record. `metrics.jsonl` is already there from the callback."""
+    out = Path(config.output_dir)
+    # TRL turns `output_router_logits` on in the model config for training; saved that way, every later forward
+    # (generation included) would compute the aux loss, which breaks with padded generation batches.
+    text_config = trainer.model.config.get_text_config()
+    if hasattr(text_config, "output_router_logits"):
+        text_config.output_router_logits = False
+    trainer.save_model(str(out))
+    if not trainer.accelerator.is_main_process:
+        return out
+    tokenizer.save_pretrained(str(out))
+    with open(out / "recipe.yaml", "w", encoding="utf-8") as f:
+        yaml.safe_dump(config.resolved_recipe(), f, sort_keys=False)
+    import torch
+    import transformers
+    import trl
+
+    record = {
+        "stage": config.stage, "recipe": config.recipe_path, "wall_time_s": round(time.time() - started, 2),
+        "global_step": trainer.state.global_step, "world_size": trainer.accelerator.num_processes,
+        "device": str(trainer.accelerator.device), "python": platform.python_version(),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
+        "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+    }
+    (out / "run.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def maybe_push(config, out: Path, is_main: bool) -> None:
+    if config.hub.push and is_main:
+        from adapt.hub.push import push_folder
+
+        push_folder(out, config.hub.repo_id, private=config.hub.private, revision=config.hub.revision)

@@ -1,0 +1,39 @@
+"""The SFT stage: `adapt sft --config R` or `accelerate launch -m adapt.stages.sft --config R`.
+
+Reads top to bottom: recipe -> tokenizer -> model -> data -> trainer -> train -> save.
+"""
+
+from __future__ import annotations
+
+import time
+
+from transformers import set_seed
+
+from adapt.data.sources import load_training_data
+from adapt.data.tokenizer import load_tokenizer
+from adapt.model.loading import load_model
+from adapt.stages.common import load_stage_config, maybe_push, save_run, start_run_dir
+from adapt.trainers import AdaptSFTTrainer, MetricsJSONLCallback
+
+
+def run(config):
+    started = time.time()
+    set_seed(config.seed)
+    tokenizer = load_tokenizer(config.model)
+    model = load_model(config.model, tokenizer, seed=config.seed)
+    train_dataset, eval_dataset = load_training_data(config.data, stage="sft")
+    trainer = AdaptSFTTrainer(model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                              processing_class=tokenizer, callbacks=[MetricsJSONLCallback()])
+    start_run_dir(config, trainer.accelerator.is_main_process)
+    trainer.train()
+    out = save_run(trainer, config, tokenizer, started)
+    maybe_push(config, out, trainer.accelerator.is_main_process)
+    return trainer
+
+
+def main(argv=None):
+    run(load_stage_config("sft", argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,14 @@
+"""Registered tasks, by name."""
+
+from __future__ import annotations
+
+from adapt.eval.task import Task
+from adapt.eval.tasks.reverse import ReverseTask
+
+TASKS: dict[str, type[Task]] = {ReverseTask.name: ReverseTask}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+    return TASKS[name]()

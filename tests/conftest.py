@@ -1,0 +1,98 @@
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def shared() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip("../shared is absent (it holds the real data and tokenizer; only developers and CI have it)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def demo_tokenizer():
+    from adapt.config.sections import ModelSection
+    from adapt.data.tokenizer import load_tokenizer
+
+    return load_tokenizer(ModelSection(tokenizer="builtin:demo"))
+
+
+def tiny_olmoe(seed: int = 0, **overrides):
+    from transformers import OlmoeConfig, OlmoeForCausalLM
+
+    fields = dict(vocab_size=300, hidden_size=32, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  num_experts=4, num_experts_per_tok=2, pad_token_id=1, eos_token_id=0, bos_token_id=0)
+    fields.update(overrides)
+    torch.manual_seed(seed)
+    return OlmoeForCausalLM(OlmoeConfig(**fields))
+
+
+def write_recipe(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+TINY_SFT = """
+stage: sft
+model:
+  config: {{hidden_size: 32, intermediate_size: 32, num_hidden_layers: 2, num_attention_heads: 4,
+           num_experts: 4, num_experts_per_tok: 2, max_position_embeddings: 64}}
+  tokenizer: builtin:demo
+  dtype: float32
+data:
+  sources: [{{task: reverse, rows: {rows}}}]
+router:
+  load_balancing_weight: {lb}
+  z_loss_weight: {z}
+training:
+  output_dir: {out}
+  max_steps: {steps}
+  per_device_train_batch_size: 8
+  learning_rate: 1.0e-2
+  max_length: 48
+  logging_steps: 1
+  save_strategy: "no"
+  report_to: []
+  bf16: false
+  gradient_checkpointing: false
+  disable_tqdm: true
+  seed: 0
+"""
+
+TINY_DPO = """
+stage: dpo
+model:
+  name_or_path: {model}
+  dtype: float32
+data:
+  sources: [{{task: reverse, rows: {rows}}}]
+router:
+  load_balancing_weight: {lb}
+  z_loss_weight: {z}
+training:
+  output_dir: {out}
+  max_steps: {steps}
+  per_device_train_batch_size: 4
+  learning_rate: 1.0e-2
+  max_length: 48
+  logging_steps: 1
+  save_strategy: "no"
+  report_to: []
+  bf16: false
+  gradient_checkpointing: false
+  disable_tqdm: true
+  seed: 0
+"""
