@@ -206,8 +206,6 @@ def _check_contradictions(stage: str, s: dict[str, Any], training: dict[str, Any
             raise RecipeError(file, f"router.{name}", "must be >= 0", "use 0 to switch the loss off")
     if training.get("bf16") and training.get("fp16"):
         raise RecipeError(file, "training.fp16", "bf16 and fp16 are both on", "keep one")
-    if stage == "sft" and training.get("padding_free") and not training.get("packing", False):
-        pass  # TRL allows padding-free without packing; nothing to reject
     if parallel.expert_parallel_size < 1:
         raise RecipeError(file, "parallel.expert_parallel_size", "must be >= 1", "use 1 for no expert parallelism")
     experts = (model.config or {}).get("num_experts")

@@ -87,8 +87,15 @@ def save_run(trainer, config, tokenizer, started: float) -> Path:
     return out
 
 
-def maybe_push(config, out: Path, is_main: bool) -> None:
+def train_and_save(trainer, config, tokenizer, started: float):
+    """The part every stage shares once its trainer is built: claim the run folder, train, save, push."""
+    is_main = trainer.accelerator.is_main_process
+    start_run_dir(config, is_main)
+    trainer.accelerator.wait_for_everyone()
+    trainer.train()
+    out = save_run(trainer, config, tokenizer, started)
     if config.hub.push and is_main:
         from adapt.hub.push import push_folder
 
         push_folder(out, config.hub.repo_id, private=config.hub.private, revision=config.hub.revision)
+    return trainer

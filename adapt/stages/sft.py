@@ -12,7 +12,7 @@ from transformers import set_seed
 from adapt.data.sources import load_training_data
 from adapt.data.tokenizer import load_tokenizer
 from adapt.model.loading import load_model
-from adapt.stages.common import load_stage_config, maybe_push, save_run, start_run_dir
+from adapt.stages.common import load_stage_config, train_and_save
 from adapt.trainers import AdaptSFTTrainer, MetricsJSONLCallback
 
 
@@ -24,11 +24,7 @@ def run(config):
     train_dataset, eval_dataset = load_training_data(config.data, stage="sft")
     trainer = AdaptSFTTrainer(model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset,
                               processing_class=tokenizer, callbacks=[MetricsJSONLCallback()])
-    start_run_dir(config, trainer.accelerator.is_main_process)
-    trainer.train()
-    out = save_run(trainer, config, tokenizer, started)
-    maybe_push(config, out, trainer.accelerator.is_main_process)
-    return trainer
+    return train_and_save(trainer, config, tokenizer, started)
 
 
 def main(argv=None):
