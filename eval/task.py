@@ -49,10 +49,10 @@ class Task:
         raise NotImplementedError(f"task {self.name!r} has no preference pairs")
 
     def sft_rows(self, split: str, n: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
-        """Conversational prompt/completion rows, TRL's format: the loss falls on the completion only."""
+        """Conversations (`messages`), the toolkit's SFT row shape; the loss falls on the assistant turn."""
         rng = random.Random(f"{self.name}-sft-{split}-{seed}")
-        return [{"prompt": [{"role": "user", "content": it.prompt}],
-                 "completion": [{"role": "assistant", "content": self.sft_completion(it, rng)}]}
+        return [{"messages": [{"role": "user", "content": it.prompt},
+                              {"role": "assistant", "content": self.sft_completion(it, rng)}]}
                 for it in self.items(split, n, seed)]
 
     def preference_pairs(self, split: str, n: int | None = None, seed: int = 0) -> list[PreferencePair]:

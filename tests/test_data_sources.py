@@ -1,5 +1,6 @@
-"""Training data from local files: bad rows and missing columns are named, never dropped silently."""
+"""Training data from local files and tasks: formats converted, bad rows named (or skipped and counted)."""
 
+import gzip
 import json
 
 import pytest
@@ -8,12 +9,16 @@ from adapt.config.sections import DataSection, DataSource
 from adapt.data.sources import DataError, load_training_data
 
 
-def section(path, **kw):
-    return DataSection(sources=[DataSource(path=str(path), **kw)])
+def section(path, on_bad_row="fail", **kw):
+    return DataSection(sources=[DataSource(path=str(path), **kw)], on_bad_row=on_bad_row)
 
 
 def write_jsonl(path, rows):
-    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    text = "\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n"
+    if path.suffix == ".gz":
+        path.write_bytes(gzip.compress(text.encode()))
+    else:
+        path.write_text(text)
     return path
 
 
@@ -21,33 +26,65 @@ ROW = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "co
 
 
 def test_local_jsonl_loads_and_takes_rows(tmp_path):
-    path = write_jsonl(tmp_path / "train.jsonl", [ROW] * 5)
-    train, held_out = load_training_data(section(path, rows=3), "sft")
-    assert len(train) == 3 and held_out is None and train.column_names == ["messages"]
+    data = load_training_data(section(write_jsonl(tmp_path / "train.jsonl", [ROW] * 5), rows=3), "sft")
+    assert len(data.train) == 3 and data.eval is None and data.train.column_names == ["messages"]
+    assert data.summary()["sources"][0] | {} == {"source": str(tmp_path / "train.jsonl"), "format": "messages",
+                                                 "rows_read": 5, "rows_kept": 3, "dropped": {},
+                                                 "dropped_examples": []}
+
+
+def test_gzip_jsonl(tmp_path):
+    data = load_training_data(section(write_jsonl(tmp_path / "train.jsonl.gz", [ROW] * 2)), "sft")
+    assert len(data.train) == 2
 
 
 def test_undecodable_line_names_file_and_row(tmp_path):
     path = write_jsonl(tmp_path / "train.jsonl", [ROW, "{not json", ROW])
-    with pytest.raises(DataError, match=r"train\.jsonl: row 2: not valid JSON"):
+    with pytest.raises(DataError, match=r"train\.jsonl: row 2: undecodable line"):
         load_training_data(section(path), "sft")
+
+
+BAD_ROWS = [
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]}, "empty assistant turn"),
+    ({"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]}, "turns out of order"),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
+                   {"role": "assistant", "content": "c"}]}, "turns out of order"),
+    ({"messages": [{"role": "user", "content": "a"}]}, "no final assistant turn"),
+    ({"text": "no messages here", "messages": None}, "missing field"),
+]
+
+
+@pytest.mark.parametrize("bad, reason", BAD_ROWS, ids=[r for _, r in BAD_ROWS])
+def test_bad_rows_fail_with_file_and_row(tmp_path, bad, reason):
+    path = write_jsonl(tmp_path / "train.jsonl", [ROW, ROW, bad])
+    with pytest.raises(DataError, match=f"train.jsonl: row 3: {reason}"):
+        load_training_data(section(path), "sft")
+
+
+def test_bad_rows_skipped_and_counted(tmp_path):
+    rows = [ROW] + [bad for bad, _ in BAD_ROWS] + ["{oops"]
+    data = load_training_data(section(write_jsonl(tmp_path / "t.jsonl", rows), on_bad_row="skip"), "sft")
+    summary = data.summary()["sources"][0]
+    assert len(data.train) == 1 and summary["rows_read"] == 7 and summary["rows_kept"] == 1
+    assert summary["dropped"] == {"empty assistant turn": 1, "turns out of order": 2, "no final assistant turn": 1,
+                                  "missing field": 1, "undecodable line (Expecting property name enclosed in double "
+                                                      "quotes)": 1}
+    assert summary["dropped_examples"][0].startswith("row 2: empty assistant turn")
 
 
 def test_missing_columns_are_named(tmp_path):
     path = write_jsonl(tmp_path / "prefs.jsonl", [{"prompt": "p", "chosen": "a"}])
-    with pytest.raises(DataError, match="needs columns prompt/chosen/rejected; found prompt, chosen"):
+    with pytest.raises(DataError, match=r"cannot tell the dpo format from the columns \(chosen, prompt\)"):
         load_training_data(section(path), "dpo")
 
 
-def test_empty_field_names_the_row(tmp_path):
-    path = write_jsonl(tmp_path / "prefs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"},
-                                                  {"prompt": "p", "chosen": "", "rejected": "b"}])
-    with pytest.raises(DataError, match="row 2: empty `chosen`"):
-        load_training_data(section(path), "dpo")
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match="nowhere.jsonl: file not found"):
+        load_training_data(section(tmp_path / "nowhere.jsonl"), "sft")
 
 
 def test_task_source_is_deterministic():
     data = DataSection(sources=[DataSource(task="reverse", rows=20)], eval_rows=5, seed=3)
-    a_train, a_eval = load_training_data(data, "sft")
-    b_train, b_eval = load_training_data(data, "sft")
-    assert a_train.to_list() == b_train.to_list() and a_eval.to_list() == b_eval.to_list()
-    assert len(a_train) == 15 and len(a_eval) == 5
+    a, b = load_training_data(data, "sft"), load_training_data(data, "sft")
+    assert a.train.to_list() == b.train.to_list() and a.eval.to_list() == b.eval.to_list()
+    assert len(a.train) == 15 and len(a.eval) == 5

@@ -84,7 +84,7 @@ def test_z_loss_is_added_to_the_training_loss(tmp_path):
     config = sft_config(tmp_path, z=0.5)
     tok = load_tokenizer(config.model)
     model = load_model(config.model, tok, seed=0)
-    train, _ = load_training_data(config.data, "sft")
+    train = load_training_data(config.data, "sft").train
     trainer = AdaptSFTTrainer(model=model, args=config, train_dataset=train, processing_class=tok)
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     model.train()

@@ -84,6 +84,10 @@ def build_config(raw: dict[str, Any], file: str | None = None, *, check_paths: b
         _check_output_dir(training["output_dir"], raw.get("overwrite", False), file)
 
     cls = STAGE_CONFIGS[recipe_stage]
+    if recipe_stage == "sft":
+        # SFT rows are conversations; the loss belongs on the assistant turns (open-instruct's choice, and the
+        # OLMoE recipe's). TRL's default is every token, so the toolkit's default differs: say `false` to get it.
+        training.setdefault("assistant_only_loss", True)
     training["router_aux_loss_coef"] = sections["router"].load_balancing_weight
     training["deepspeed"] = _deepspeed_config(sections["parallel"], file)
     kwargs = dict(training, stage=recipe_stage, overwrite=raw.get("overwrite", False), recipe_path=file, **sections)

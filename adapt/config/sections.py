@@ -37,7 +37,7 @@ class ModelSection:
 class DataSource:
     """One input to the training mixture. Exactly one of `path`, `hub` or `task` is set."""
 
-    path: str | None = None  # a local .jsonl / .json file
+    path: str | None = None  # a local .jsonl / .json / .parquet / .csv file (.gz allowed for jsonl/json/csv)
     hub: str | None = None  # a Hub dataset name, e.g. allenai/tulu-v3.1-mix-preview-4096-OLMoE
     task: str | None = None  # a built-in generated task (adapt.eval.tasks), e.g. `reverse`
     name: str | None = None  # Hub dataset config name
@@ -45,6 +45,9 @@ class DataSource:
     revision: str | None = None
     rows: int | None = None  # take at most this many rows (after a seeded shuffle when `shuffle`)
     shuffle: bool = False
+    # Row format (adapt.data.formats), detected from the columns when not given: messages, conversations,
+    # query_answer, query_response, alpaca, prompt_completion; prompt_chosen_rejected, hh_rlhf.
+    format: str | None = None
 
 
 @dataclass
@@ -55,6 +58,9 @@ class DataSection:
     # Rows held out of the mixture for the trainer's evaluation loop (0: none).
     eval_rows: int = 0
     seed: int = 0
+    # A row that cannot be used (missing field, empty assistant turn, turns out of order, undecodable line):
+    # `fail` stops with the file and row; `skip` drops it and counts it, by reason, in the data summary.
+    on_bad_row: Literal["fail", "skip"] = "fail"
 
 
 @dataclass

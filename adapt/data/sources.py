@@ -1,94 +1,165 @@
 """Turn a recipe's `data.sources` into one training `datasets.Dataset` in TRL's conversational format.
 
-SFT rows: `messages` (a list of role/content turns) or `prompt` + `completion`. DPO rows: `prompt` + `chosen` +
-`rejected`. The full mixture machinery (format converters, decontamination, packing, caching) builds on this.
+Each source is read (local file, Hub dataset or built-in task), each row converted by its format
+(`adapt.data.formats`), bad rows failed on or skipped-and-counted as `data.on_bad_row` says, then the sources are
+truncated, concatenated and split. The per-source counts come back as a summary that the stage writes beside the
+model (`data_summary.json`).
 """
 
 from __future__ import annotations
 
+import csv
+import gzip
+import io
 import json
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, concatenate_datasets
 
-REQUIRED = {
-    "sft": (("messages",), ("prompt", "completion")),
-    "dpo": (("prompt", "chosen", "rejected"),),
-}
+from adapt.data.formats import RowError, converter, detect_format
 
 
 class DataError(ValueError):
     """A data problem, naming the source (file or dataset) and, where there is one, the row."""
 
 
-def _read_local(path: str) -> list[dict[str, Any]]:
+@dataclass
+class SourceSummary:
+    source: str
+    format: str
+    rows_read: int = 0
+    rows_kept: int = 0
+    dropped: Counter = field(default_factory=Counter)  # reason -> count
+    examples: list[str] = field(default_factory=list)  # the first few dropped rows, `row N: reason`
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "format": self.format, "rows_read": self.rows_read,
+                "rows_kept": self.rows_kept, "dropped": dict(sorted(self.dropped.items())),
+                "dropped_examples": self.examples}
+
+
+@dataclass
+class Mixture:
+    train: Dataset
+    eval: Dataset | None
+    sources: list[SourceSummary]
+
+    def summary(self) -> dict[str, Any]:
+        return {"sources": [s.as_dict() for s in self.sources], "train_rows": len(self.train),
+                "eval_rows": 0 if self.eval is None else len(self.eval)}
+
+
+# ------------------------------------------------------------------------------------------------------- reading
+
+class _BadLine:
+    """Placeholder for a line that did not decode; becomes a counted (or fatal) bad row."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def _read_local(path: str) -> list[Any]:
     p = Path(path).expanduser()
-    text = p.read_text(encoding="utf-8")
-    if p.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(text.splitlines(), start=1):
+    if not p.is_file():
+        raise DataError(f"{path}: file not found")
+    suffixes = [s for s in p.suffixes if s != ".gz"]
+    kind = suffixes[-1] if suffixes else ""
+    if kind == ".parquet":
+        return Dataset.from_parquet(str(p)).to_list()
+    opener = gzip.open if p.suffix == ".gz" else open
+    try:
+        with opener(p, "rt", encoding="utf-8") as f:
+            text = f.read()
+    except (UnicodeDecodeError, OSError) as e:
+        raise DataError(f"{path}: cannot be read as UTF-8 text ({e})") from None
+    if kind == ".jsonl":
+        rows: list[Any] = []
+        for line in text.splitlines():
             if not line.strip():
                 continue
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}: row {n}: not valid JSON ({e.msg}); fix or remove that line") from None
+                rows.append(_BadLine(f"undecodable line ({e.msg})"))
         return rows
-    if p.suffix == ".json":
+    if kind == ".json":
         data = json.loads(text)
         if not isinstance(data, list):
             raise DataError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
         return data
-    raise DataError(f"{path}: unsupported file type {p.suffix!r}; use .jsonl or .json")
+    if kind == ".csv":
+        return list(csv.DictReader(io.StringIO(text)))
+    raise DataError(f"{path}: unsupported file type {''.join(p.suffixes)!r}; use .jsonl, .json, .csv or .parquet")
 
 
-def _load_source(src, stage: str, seed: int) -> tuple[str, Dataset]:
+def _raw_rows(src, stage: str, seed: int) -> tuple[str, list[Any]]:
     if src.task:
         from adapt.eval.tasks import get_task
 
         task = get_task(src.task)
         rows = task.sft_rows(src.split, src.rows, seed) if stage == "sft" else task.preference_rows(src.split, src.rows, seed)
-        return f"task:{src.task}", Dataset.from_list(rows)
+        return f"task:{src.task}", rows
     if src.path:
-        return src.path, Dataset.from_list(_read_local(src.path))
+        return src.path, _read_local(src.path)
     from datasets import load_dataset
 
-    return src.hub, load_dataset(src.hub, src.name, split=src.split, revision=src.revision)
+    ds = load_dataset(src.hub, src.name, split=src.split, revision=src.revision)
+    return f"{src.hub}@{src.revision or 'main'}:{src.split}", ds.to_list()
 
 
-def _check_columns(name: str, ds: Dataset, stage: str) -> tuple[str, ...]:
-    for columns in REQUIRED[stage]:
-        if all(c in ds.column_names for c in columns):
-            return columns
-    wanted = " or ".join("/".join(c) for c in REQUIRED[stage])
-    raise DataError(f"{name}: {stage} data needs columns {wanted}; found {', '.join(ds.column_names) or 'none'}")
+# ---------------------------------------------------------------------------------------------------- converting
+
+def _convert(name: str, rows: list[Any], src, stage: str, on_bad_row: str) -> tuple[list[dict], SourceSummary]:
+    first = next((r for r in rows if isinstance(r, dict)), None)
+    fmt = src.format or (detect_format(set(first), stage) if first else None)
+    if fmt is None:
+        found = ", ".join(sorted(first)) if first else "no rows"
+        raise DataError(f"{name}: cannot tell the {stage} format from the columns ({found}); "
+                        f"set `format:` on the source or rename the columns")
+    try:
+        convert = converter(fmt, stage)
+    except ValueError as e:
+        raise DataError(f"{name}: {e}") from None
+    summary = SourceSummary(source=name, format=fmt, rows_read=len(rows))
+    kept = []
+    for n, row in enumerate(rows, start=1):
+        try:
+            if isinstance(row, _BadLine):
+                raise RowError(row.reason)
+            if not isinstance(row, dict):
+                raise RowError("not an object")
+            kept.append(convert(row))
+        except RowError as e:
+            if on_bad_row == "fail":
+                raise DataError(f"{name}: row {n}: {e}; fix or remove that row, or set data.on_bad_row: skip") from None
+            summary.dropped[e.reason] += 1
+            if len(summary.examples) < 5:
+                summary.examples.append(f"row {n}: {e}")
+    summary.rows_kept = len(kept)
+    return kept, summary
 
 
-def _check_rows(name: str, ds: Dataset, columns: tuple[str, ...]) -> None:
-    for n, row in enumerate(ds.select_columns(list(columns)), start=1):
-        for column in columns:
-            value = row[column]
-            if value is None or (isinstance(value, (str, list)) and len(value) == 0):
-                raise DataError(f"{name}: row {n}: empty `{column}`; fix or remove that row")
-
-
-def load_training_data(data_section, stage: str) -> tuple[Dataset, Dataset | None]:
+def load_training_data(data_section, stage: str) -> Mixture:
     """The concatenated sources (each shuffled/truncated as its entry says) and the held-out eval rows."""
-    parts = []
+    parts, summaries = [], []
     for src in data_section.sources:
-        name, ds = _load_source(src, stage, data_section.seed)
-        columns = _check_columns(name, ds, stage)
-        _check_rows(name, ds, columns)
+        name, raw = _raw_rows(src, stage, data_section.seed)
+        rows, summary = _convert(name, raw, src, stage, data_section.on_bad_row)
+        if not rows:
+            raise DataError(f"{name}: no usable rows ({dict(summary.dropped) or 'the source is empty'})")
+        ds = Dataset.from_list(rows)
         if src.shuffle:
             ds = ds.shuffle(seed=data_section.seed)
         if src.rows is not None:
             ds = ds.select(range(min(src.rows, len(ds))))
-        parts.append(ds.select_columns(list(columns)))
-    if len({tuple(sorted(p.column_names)) for p in parts}) > 1:
-        raise DataError("data.sources: sources have different formats (messages vs prompt/completion); use one")
+        summary.rows_kept = len(ds)
+        parts.append(ds)
+        summaries.append(summary)
     train = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     if not data_section.eval_rows:
-        return train, None
+        return Mixture(train, None, summaries)
     split = train.train_test_split(test_size=data_section.eval_rows, seed=data_section.seed)
-    return split["train"], split["test"]
+    return Mixture(split["train"], split["test"], summaries)

@@ -57,7 +57,7 @@ def start_run_dir(config, is_main: bool) -> Path:
     return out
 
 
-def save_run(trainer, config, tokenizer, started: float) -> Path:
+def save_run(trainer, config, tokenizer, started: float, data_summary: dict | None = None) -> Path:
     """Write the model folder the next stage (and `from_pretrained`) loads: weights, config, tokenizer with chat
     template, the fully resolved recipe, and a run record. `metrics.jsonl` is already there from the callback."""
     out = Path(config.output_dir)
@@ -84,16 +84,18 @@ def save_run(trainer, config, tokenizer, started: float) -> Path:
         "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
     }
     (out / "run.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    if data_summary is not None:
+        (out / "data_summary.json").write_text(json.dumps(data_summary, indent=2) + "\n", encoding="utf-8")
     return out
 
 
-def train_and_save(trainer, config, tokenizer, started: float):
+def train_and_save(trainer, config, tokenizer, started: float, data_summary: dict | None = None):
     """The part every stage shares once its trainer is built: claim the run folder, train, save, push."""
     is_main = trainer.accelerator.is_main_process
     start_run_dir(config, is_main)
     trainer.accelerator.wait_for_everyone()
     trainer.train()
-    out = save_run(trainer, config, tokenizer, started)
+    out = save_run(trainer, config, tokenizer, started, data_summary)
     if config.hub.push and is_main:
         from adapt.hub.push import push_folder
 

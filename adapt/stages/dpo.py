@@ -24,11 +24,11 @@ def run(config):
     model = load_model(config.model, tokenizer, seed=config.seed)
     # The reference is passed explicitly: TRL 1.16 fails building one from a model object without a path.
     ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    train_dataset, eval_dataset = load_training_data(config.data, stage="dpo")
-    trainer = AdaptDPOTrainer(model=model, ref_model=ref_model, args=config, train_dataset=train_dataset,
-                              eval_dataset=eval_dataset, processing_class=tokenizer,
+    data = load_training_data(config.data, stage="dpo")
+    trainer = AdaptDPOTrainer(model=model, ref_model=ref_model, args=config, train_dataset=data.train,
+                              eval_dataset=data.eval, processing_class=tokenizer,
                               callbacks=[MetricsJSONLCallback()])
-    return train_and_save(trainer, config, tokenizer, started)
+    return train_and_save(trainer, config, tokenizer, started, data_summary=data.summary())
 
 
 def main(argv=None):

@@ -21,10 +21,10 @@ def run(config):
     set_seed(config.seed)
     tokenizer = load_tokenizer(config.model)
     model = load_model(config.model, tokenizer, seed=config.seed)
-    train_dataset, eval_dataset = load_training_data(config.data, stage="sft")
-    trainer = AdaptSFTTrainer(model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset,
+    data = load_training_data(config.data, stage="sft")
+    trainer = AdaptSFTTrainer(model=model, args=config, train_dataset=data.train, eval_dataset=data.eval,
                               processing_class=tokenizer, callbacks=[MetricsJSONLCallback()])
-    return train_and_save(trainer, config, tokenizer, started)
+    return train_and_save(trainer, config, tokenizer, started, data_summary=data.summary())
 
 
 def main(argv=None):
