@@ -12,6 +12,7 @@ commands:
   sft     --config RECIPE [--overwrite] [key=value ...]   supervised fine-tuning
   dpo     --config RECIPE [--overwrite] [key=value ...]   preference tuning (DPO) with the router losses on
   check   --config RECIPE [--skip-path-checks] [k=v ...]  validate a recipe without loading anything
+  data    --config RECIPE [key=value ...]                 build the training mixture only; print its summary
   demo    [--output runs/demo] [--overwrite]              the offline base -> SFT -> DPO pipeline with a report
 
 `adapt <command> --help` for a command's options.
@@ -34,6 +35,23 @@ def _check(argv) -> None:
     print(f"ok: {args.config} is a valid {config.stage} recipe (output_dir={config.output_dir})")
 
 
+def _data(argv) -> None:
+    """Build a recipe's training mixture without training and print its summary (JSON, stable across runs)."""
+    import json
+
+    from adapt.config import RecipeError, load_recipe
+    from adapt.data.sources import DataError, load_training_data
+    from adapt.stages.common import stage_parser
+
+    args = stage_parser("data").parse_args(argv)
+    try:
+        config = load_recipe(args.config, args.overrides, check_hardware=False)
+        mixture = load_training_data(config.data, config.stage)
+    except (RecipeError, DataError) as e:
+        sys.exit(f"error: {e}")
+    print(json.dumps(mixture.summary(), indent=2, sort_keys=True))
+
+
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -49,6 +67,8 @@ def main(argv=None) -> None:
         from adapt.stages.demo import main as run
     elif command == "check":
         run = _check
+    elif command == "data":
+        run = _data
     else:
         sys.exit(f"error: unknown command {command!r}\n\n{USAGE}")
     run(rest)

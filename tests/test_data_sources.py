@@ -88,3 +88,19 @@ def test_task_source_is_deterministic():
     a, b = load_training_data(data, "sft"), load_training_data(data, "sft")
     assert a.train.to_list() == b.train.to_list() and a.eval.to_list() == b.eval.to_list()
     assert len(a.train) == 15 and len(a.eval) == 5
+
+
+def test_adapt_data_prints_a_repeatable_summary(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO, TINY_SFT, write_recipe
+
+    recipe = write_recipe(tmp_path / "r.yaml", TINY_SFT.format(rows=30, lb=0.01, z=0.001, out=tmp_path / "o",
+                                                               steps=1))
+    runs = [subprocess.run([sys.executable, "-m", "adapt.cli", "data", "--config", str(recipe)], cwd=REPO,
+                           capture_output=True, text=True, timeout=120) for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:]
+    assert runs[0].stdout == runs[1].stdout
+    summary = json.loads(runs[0].stdout)
+    assert summary["train_rows"] == 30 and summary["sources"][0]["format"] == "messages"
