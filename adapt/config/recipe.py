@@ -205,6 +205,14 @@ def _check_contradictions(stage: str, s: dict[str, Any], training: dict[str, Any
                               "keep one")
         if src.rows is not None and src.rows <= 0:
             raise RecipeError(file, f"data.sources[{i}].rows", "must be positive", "drop it to take every row")
+    from adapt.data.decontam import READERS
+
+    for name in data.decontaminate:
+        if name not in READERS:
+            raise RecipeError(file, f"data.decontaminate.{name}", "unknown benchmark", suggest(name, READERS))
+    if not 0 < data.decontam_threshold <= 1 or data.decontam_ngram < 1:
+        raise RecipeError(file, "data.decontam_threshold", "needs 0 < threshold <= 1 and decontam_ngram >= 1",
+                          "e.g. threshold 0.5 with 8-grams")
     for name in ("load_balancing_weight", "z_loss_weight"):
         if getattr(router, name) < 0:
             raise RecipeError(file, f"router.{name}", "must be >= 0", "use 0 to switch the loss off")
@@ -239,6 +247,10 @@ def _check_paths(s: dict[str, Any], file: str | None) -> None:
         if src.path and not os.path.isfile(os.path.expanduser(src.path)):
             raise RecipeError(file, f"data.sources[{i}].path", f"data file {src.path!r} not found",
                               "check the path (relative paths start from the current directory)")
+    for name, path in s["data"].decontaminate.items():
+        if not os.path.exists(os.path.expanduser(path)):
+            raise RecipeError(file, f"data.decontaminate.{name}", f"benchmark data {path!r} not found",
+                              "point it at the benchmark's local file or folder")
 
 
 def _deepspeed_config(parallel, file: str | None) -> str | None:

@@ -61,6 +61,12 @@ class DataSection:
     # A row that cannot be used (missing field, empty assistant turn, turns out of order, undecodable line):
     # `fail` stops with the file and row; `skip` drops it and counts it, by reason, in the data summary.
     on_bad_row: Literal["fail", "skip"] = "fail"
+    # Benchmarks whose prompts must not leak into training: name (gsm8k, mmlu, bbh, humaneval, mbpp, ifeval,
+    # alpaca_eval, xstest) -> local file or folder. A row is dropped, and listed in the data summary with the item it
+    # matched, when `decontam_threshold` of an item's word `decontam_ngram`-grams occur in the row's user turns.
+    decontaminate: dict[str, str] = field(default_factory=dict)
+    decontam_ngram: int = 8
+    decontam_threshold: float = 0.5
 
 
 @dataclass

@@ -34,11 +34,12 @@ class SourceSummary:
     rows_kept: int = 0
     dropped: Counter = field(default_factory=Counter)  # reason -> count
     examples: list[str] = field(default_factory=list)  # the first few dropped rows, `row N: reason`
+    decontaminated: list[dict[str, Any]] = field(default_factory=list)  # every row dropped for a benchmark overlap
 
     def as_dict(self) -> dict[str, Any]:
         return {"source": self.source, "format": self.format, "rows_read": self.rows_read,
                 "rows_kept": self.rows_kept, "dropped": dict(sorted(self.dropped.items())),
-                "dropped_examples": self.examples}
+                "dropped_examples": self.examples, "decontaminated": self.decontaminated}
 
 
 @dataclass
@@ -112,7 +113,8 @@ def _raw_rows(src, stage: str, seed: int) -> tuple[str, list[Any]]:
 
 # ---------------------------------------------------------------------------------------------------- converting
 
-def _convert(name: str, rows: list[Any], src, stage: str, on_bad_row: str) -> tuple[list[dict], SourceSummary]:
+def _convert(name: str, rows: list[Any], src, stage: str, on_bad_row: str) -> tuple[list[tuple[int, dict]], SourceSummary]:
+    """Converted rows with their 1-based row numbers in the source, and the source's counts so far."""
     first = next((r for r in rows if isinstance(r, dict)), None)
     fmt = src.format or (detect_format(set(first), stage) if first else None)
     if fmt is None:
@@ -131,7 +133,7 @@ def _convert(name: str, rows: list[Any], src, stage: str, on_bad_row: str) -> tu
                 raise RowError(row.reason)
             if not isinstance(row, dict):
                 raise RowError("not an object")
-            kept.append(convert(row))
+            kept.append((n, convert(row)))
         except RowError as e:
             if on_bad_row == "fail":
                 raise DataError(f"{name}: row {n}: {e}; fix or remove that row, or set data.on_bad_row: skip") from None
@@ -142,12 +144,39 @@ def _convert(name: str, rows: list[Any], src, stage: str, on_bad_row: str) -> tu
     return kept, summary
 
 
+def _decontamination_index(data_section):
+    if not data_section.decontaminate:
+        return None
+    from adapt.data.decontam import NgramIndex, read_benchmark
+
+    benchmarks = {name: read_benchmark(name, path) for name, path in sorted(data_section.decontaminate.items())}
+    return NgramIndex(benchmarks, n=data_section.decontam_ngram, threshold=data_section.decontam_threshold)
+
+
+def _decontaminate(numbered: list[tuple[int, dict]], index, summary: SourceSummary) -> list[dict]:
+    from adapt.data.decontam import prompt_text
+
+    kept = []
+    for n, row in numbered:
+        match = index.match(prompt_text(row)) if index is not None else None
+        if match is None:
+            kept.append(row)
+            continue
+        summary.dropped["benchmark overlap"] += 1
+        summary.decontaminated.append({"row": n, "benchmark": match.benchmark, "item": match.item,
+                                       "overlap": match.overlap})
+    return kept
+
+
 def load_training_data(data_section, stage: str) -> Mixture:
-    """The concatenated sources (each shuffled/truncated as its entry says) and the held-out eval rows."""
+    """The concatenated sources (each converted, decontaminated, shuffled/truncated as its entry says) and the
+    held-out eval rows."""
     parts, summaries = [], []
+    index = _decontamination_index(data_section)
     for src in data_section.sources:
         name, raw = _raw_rows(src, stage, data_section.seed)
-        rows, summary = _convert(name, raw, src, stage, data_section.on_bad_row)
+        numbered, summary = _convert(name, raw, src, stage, data_section.on_bad_row)
+        rows = _decontaminate(numbered, index, summary)
         if not rows:
             raise DataError(f"{name}: no usable rows ({dict(summary.dropped) or 'the source is empty'})")
         ds = Dataset.from_list(rows)
