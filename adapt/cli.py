@@ -40,16 +40,21 @@ def _data(argv) -> None:
     import json
 
     from adapt.config import RecipeError, load_recipe
-    from adapt.data.sources import DataError, load_training_data
+    from adapt.data.prepare import prepare_data
+    from adapt.data.sources import DataError
+    from adapt.data.tokenizer import load_tokenizer
     from adapt.stages.common import stage_parser
 
     args = stage_parser("data").parse_args(argv)
     try:
-        config = load_recipe(args.config, args.overrides, check_hardware=False)
-        mixture = load_training_data(config.data, config.stage)
-    except (RecipeError, DataError) as e:
+        config = load_recipe(args.config, args.overrides, check_hardware=False, check_output=False)
+        prepared = prepare_data(config, load_tokenizer(config.model))
+    except (RecipeError, DataError, ValueError) as e:
         sys.exit(f"error: {e}")
-    print(json.dumps(mixture.summary(), indent=2, sort_keys=True))
+    where = "loaded from" if prepared.from_cache else "written to"
+    if prepared.cache_entry is not None:
+        print(f"tokenized mixture {where} {prepared.cache_entry}", file=sys.stderr)
+    print(json.dumps(prepared.summary, indent=2, sort_keys=True))
 
 
 def main(argv=None) -> None:

@@ -1,10 +1,13 @@
 import os
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The tokenized-mixture cache of every test run (subprocesses included) goes to a fresh folder, not ~/.cache.
+os.environ["ADAPT_CACHE"] = tempfile.mkdtemp(prefix="adapt-test-cache-")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -42,7 +42,7 @@ RENAMED_TRAINING_KEYS = {
 
 
 def load_recipe(path: str | os.PathLike, overrides: typing.Sequence[str] = (), *, check_paths: bool = True,
-                check_hardware: bool = True, stage: str | None = None):
+                check_hardware: bool = True, stage: str | None = None, check_output: bool = True):
     """Read, override, validate and build the typed config of one stage.
 
     overrides: `key.sub=value` strings (value parsed as YAML), applied on top of the file.
@@ -51,16 +51,18 @@ def load_recipe(path: str | os.PathLike, overrides: typing.Sequence[str] = (), *
     check_hardware: let TRL reject settings this machine cannot run (e.g. bf16 without a GPU). Off to validate a GPU
         recipe on a CPU machine.
     stage: the stage the caller runs (`adapt sft` expects `stage: sft`).
+    check_output: refuse an output_dir that already holds a run (off for commands that write none, `adapt data`).
     """
     file = str(path)
     raw = _read_yaml(file)
     for item in overrides:
         _apply_override(raw, item, file)
-    return build_config(raw, file, check_paths=check_paths, check_hardware=check_hardware, stage=stage)
+    return build_config(raw, file, check_paths=check_paths, check_hardware=check_hardware, stage=stage,
+                        check_output=check_output)
 
 
 def build_config(raw: dict[str, Any], file: str | None = None, *, check_paths: bool = True,
-                 check_hardware: bool = True, stage: str | None = None):
+                 check_hardware: bool = True, stage: str | None = None, check_output: bool = True):
     from adapt.config.configs import STAGE_CONFIGS, TRL_CONFIGS  # imports TRL: keep `adapt --help` fast
 
     for key in raw:
@@ -81,6 +83,7 @@ def build_config(raw: dict[str, Any], file: str | None = None, *, check_paths: b
     _check_contradictions(recipe_stage, sections, training, file)
     if check_paths:
         _check_paths(sections, file)
+    if check_paths and check_output:
         _check_output_dir(training["output_dir"], raw.get("overwrite", False), file)
 
     cls = STAGE_CONFIGS[recipe_stage]
@@ -248,9 +251,9 @@ def _check_paths(s: dict[str, Any], file: str | None) -> None:
             raise RecipeError(file, f"data.sources[{i}].path", f"data file {src.path!r} not found",
                               "check the path (relative paths start from the current directory)")
     for name, path in s["data"].decontaminate.items():
-        if not os.path.exists(os.path.expanduser(path)):
+        if path != "hub" and not path.startswith("hub:") and not os.path.exists(os.path.expanduser(path)):
             raise RecipeError(file, f"data.decontaminate.{name}", f"benchmark data {path!r} not found",
-                              "point it at the benchmark's local file or folder")
+                              "point it at the benchmark's local file or folder, or write `hub` to read it from the Hub")
 
 
 def _deepspeed_config(parallel, file: str | None) -> str | None:

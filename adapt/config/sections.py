@@ -22,7 +22,8 @@ class ModelSection:
     architecture: Literal["olmoe"] = "olmoe"
     revision: str | None = None
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    # Hub id or folder of the tokenizer; defaults to `name_or_path`. `builtin:<name>` builds one of the project's own.
+    # Hub id, folder or tokenizer.json file of the tokenizer; defaults to `name_or_path`. `builtin:<name>` builds one
+    # of the project's own.
     tokenizer: str | None = None
     # `tulu`: the open-instruct template OLMoE-Instruct was trained with; `tokenizer`: keep the tokenizer's own.
     chat_template: Literal["tulu", "tokenizer"] = "tulu"
@@ -31,6 +32,8 @@ class ModelSection:
     experts_implementation: Literal["grouped_mm", "eager", "batched_mm"] | None = None
     attn_implementation: str | None = None
     trust_remote_code: bool = False
+    # Special tokens to set on the tokenizer, e.g. {pad_token: "<|padding|>"}; needed for a bare tokenizer.json file.
+    special_tokens: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -67,6 +70,12 @@ class DataSection:
     decontaminate: dict[str, str] = field(default_factory=dict)
     decontam_ngram: int = 8
     decontam_threshold: float = 0.5
+    # Examples longer than `training.max_length` tokens: `truncate` (open-instruct's and TRL's behaviour; a row left
+    # with no assistant token is dropped) or `drop`. Both are counted per source in the data summary.
+    over_length: Literal["truncate", "drop"] = "truncate"
+    # Keep the tokenized mixture and reuse it while nothing that changes it changes (adapt/data/cache.py).
+    cache: bool = True
+    cache_dir: str | None = None  # default: $ADAPT_CACHE/data, else ~/.cache/adapt/data
 
 
 @dataclass

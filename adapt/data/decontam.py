@@ -77,14 +77,57 @@ READERS = {
 }
 
 
-def read_benchmark(name: str, path: str) -> list[tuple[str, str]]:
-    """(item id, prompt text) for each item of a benchmark stored at `path` (a file or the benchmark's folder)."""
+# Where each benchmark lives on the Hub (`decontaminate: {gsm8k: hub}` or `hub:ORG/NAME@REVISION`):
+# dataset, config, split, prompt field. BBH has one config per subtask; all of them are read.
+HUB_BENCHMARKS = {
+    "gsm8k": ("openai/gsm8k", "main", "test", "question"),
+    "mmlu": ("cais/mmlu", "all", "test", "question"),
+    "bbh": ("lukaemon/bbh", None, "test", "input"),
+    "humaneval": ("openai/openai_humaneval", None, "test", "prompt"),
+    "mbpp": ("google-research-datasets/mbpp", "full", "test", "text"),
+    "ifeval": ("google/IFEval", None, "train", "prompt"),
+    "alpaca_eval": ("tatsu-lab/alpaca_eval", "alpaca_eval", "eval", "instruction"),
+    "xstest": ("Paul/XSTest", None, "train", "prompt"),
+}
+
+
+def parse_hub_ref(name: str, ref: str) -> tuple[str, str | None] | None:
+    """(dataset, revision) when `ref` names the Hub (`hub`, `hub:ORG/NAME`, `hub:ORG/NAME@REV`), else None."""
+    if ref != "hub" and not ref.startswith("hub:"):
+        return None
+    dataset, _, revision = ref[4:].partition("@")
+    return dataset or HUB_BENCHMARKS[name][0], revision or None
+
+
+def _hub_datasets(name: str, ref: str) -> list:
+    from datasets import get_dataset_config_names, load_dataset
+
+    dataset, revision = parse_hub_ref(name, ref)
+    _, config, split, _ = HUB_BENCHMARKS[name]
+    configs = [config] if name != "bbh" else get_dataset_config_names(dataset, revision=revision)
+    return [(c, load_dataset(dataset, c, split=split, revision=revision)) for c in configs]
+
+
+def read_benchmark(name: str, ref: str) -> list[tuple[str, str]]:
+    """(item id, prompt text) for each item of a benchmark: at `ref` (a file or the benchmark's folder) or on the
+    Hub (`hub`, `hub:ORG/NAME[@REVISION]`)."""
     if name not in READERS:
         raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(sorted(READERS))}")
-    p = Path(path).expanduser()
+    if parse_hub_ref(name, ref):
+        field = HUB_BENCHMARKS[name][3]
+        return [(f"{config or name}-{i}", row[field]) for config, ds in _hub_datasets(name, ref)
+                for i, row in enumerate(ds)]
+    p = Path(ref).expanduser()
     if not p.exists():
-        raise FileNotFoundError(f"benchmark {name}: {path} not found")
+        raise FileNotFoundError(f"benchmark {name}: {ref} not found")
     return READERS[name](p)
+
+
+def benchmark_fingerprint(name: str, ref: str, hash_path) -> str:
+    """What the decontamination cache key records for a benchmark: file contents, or the Hub data's fingerprints."""
+    if parse_hub_ref(name, ref):
+        return "datasets:" + ",".join(ds._fingerprint for _, ds in _hub_datasets(name, ref))
+    return "sha256:" + hash_path(ref)
 
 
 # ------------------------------------------------------------------------------------------------------- the index

@@ -20,6 +20,7 @@ from typing import Any
 from datasets import Dataset, concatenate_datasets
 
 from adapt.data.formats import RowError, converter, detect_format
+from adapt.data.tokenize import SOURCE_COLUMN
 
 
 class DataError(ValueError):
@@ -32,13 +33,14 @@ class SourceSummary:
     format: str
     rows_read: int = 0
     rows_kept: int = 0
+    rows_not_taken: int = 0  # usable rows left out by the source's `rows:` limit
     dropped: Counter = field(default_factory=Counter)  # reason -> count
     examples: list[str] = field(default_factory=list)  # the first few dropped rows, `row N: reason`
     decontaminated: list[dict[str, Any]] = field(default_factory=list)  # every row dropped for a benchmark overlap
 
     def as_dict(self) -> dict[str, Any]:
         return {"source": self.source, "format": self.format, "rows_read": self.rows_read,
-                "rows_kept": self.rows_kept, "dropped": dict(sorted(self.dropped.items())),
+                "rows_kept": self.rows_kept, "rows_not_taken": self.rows_not_taken, "dropped": dict(sorted(self.dropped.items())),
                 "dropped_examples": self.examples, "decontaminated": self.decontaminated}
 
 
@@ -149,7 +151,14 @@ def _decontamination_index(data_section):
         return None
     from adapt.data.decontam import NgramIndex, read_benchmark
 
-    benchmarks = {name: read_benchmark(name, path) for name, path in sorted(data_section.decontaminate.items())}
+    benchmarks = {}
+    for name, ref in sorted(data_section.decontaminate.items()):
+        try:
+            benchmarks[name] = read_benchmark(name, ref)
+        except (OSError, ValueError, KeyError, IndexError) as e:
+            raise DataError(f"data.decontaminate.{name}: cannot read {ref!r} as {name} prompts "
+                            f"({type(e).__name__}: {e}); point it at the benchmark's file as ../shared/data or the "
+                            f"benchmark's release ships it") from None
     return NgramIndex(benchmarks, n=data_section.decontam_ngram, threshold=data_section.decontam_threshold)
 
 
@@ -168,12 +177,12 @@ def _decontaminate(numbered: list[tuple[int, dict]], index, summary: SourceSumma
     return kept
 
 
-def load_training_data(data_section, stage: str) -> Mixture:
-    """The concatenated sources (each converted, decontaminated, shuffled/truncated as its entry says) and the
-    held-out eval rows."""
+def read_mixture(data_section, stage: str) -> tuple[Dataset, list[SourceSummary]]:
+    """All sources concatenated in recipe order (each converted, decontaminated, shuffled/truncated as its entry
+    says), with a `source_id` column giving each row's position in `data.sources`."""
     parts, summaries = [], []
     index = _decontamination_index(data_section)
-    for src in data_section.sources:
+    for i, src in enumerate(data_section.sources):
         name, raw = _raw_rows(src, stage, data_section.seed)
         numbered, summary = _convert(name, raw, src, stage, data_section.on_bad_row)
         rows = _decontaminate(numbered, index, summary)
@@ -182,13 +191,24 @@ def load_training_data(data_section, stage: str) -> Mixture:
         ds = Dataset.from_list(rows)
         if src.shuffle:
             ds = ds.shuffle(seed=data_section.seed)
-        if src.rows is not None:
-            ds = ds.select(range(min(src.rows, len(ds))))
+        if src.rows is not None and src.rows < len(ds):
+            summary.rows_not_taken = len(ds) - src.rows
+            ds = ds.select(range(src.rows))
         summary.rows_kept = len(ds)
-        parts.append(ds)
+        parts.append(ds.add_column(SOURCE_COLUMN, [i] * len(ds)))
         summaries.append(summary)
-    train = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-    if not data_section.eval_rows:
-        return Mixture(train, None, summaries)
-    split = train.train_test_split(test_size=data_section.eval_rows, seed=data_section.seed)
-    return Mixture(split["train"], split["test"], summaries)
+    return (concatenate_datasets(parts) if len(parts) > 1 else parts[0]), summaries
+
+
+def split_eval(ds: Dataset, eval_rows: int, seed: int) -> tuple[Dataset, Dataset | None]:
+    if not eval_rows:
+        return ds, None
+    split = ds.train_test_split(test_size=eval_rows, seed=seed)
+    return split["train"], split["test"]
+
+
+def load_training_data(data_section, stage: str) -> Mixture:
+    """The mixture as conversational rows (untokenized) and the held-out eval rows."""
+    ds, summaries = read_mixture(data_section, stage)
+    train, held_out = split_eval(ds.remove_columns(SOURCE_COLUMN), data_section.eval_rows, data_section.seed)
+    return Mixture(train, held_out, summaries)

@@ -48,9 +48,19 @@ def load_tokenizer(model_section) -> PreTrainedTokenizerBase:
         if name not in BUILTIN_TOKENIZERS:
             raise ValueError(f"model.tokenizer: unknown builtin tokenizer {name!r}; known: {sorted(BUILTIN_TOKENIZERS)}")
         tokenizer = BUILTIN_TOKENIZERS[name]()
+    elif ref.endswith(".json"):  # a bare tokenizers file; its special tokens come from `model.special_tokens`
+        from pathlib import Path
+
+        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(Path(ref).expanduser()))
     else:
         tokenizer = AutoTokenizer.from_pretrained(ref, revision=model_section.revision,
                                                   trust_remote_code=model_section.trust_remote_code)
+    for role, token in model_section.special_tokens.items():
+        if role not in ("bos_token", "eos_token", "pad_token", "unk_token"):
+            raise ValueError(f"model.special_tokens.{role}: use bos_token, eos_token, pad_token or unk_token")
+        if tokenizer.convert_tokens_to_ids(token) in (None, tokenizer.unk_token_id):
+            raise ValueError(f"model.special_tokens.{role}: {token!r} is not in the tokenizer's vocabulary")
+        setattr(tokenizer, role, token)
     if model_section.chat_template == "tulu":
         tokenizer.chat_template = tulu_template(model_section.add_bos)
     elif not tokenizer.chat_template:

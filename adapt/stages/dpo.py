@@ -10,7 +10,7 @@ import time
 
 from transformers import set_seed
 
-from adapt.data.sources import load_training_data
+from adapt.data.prepare import prepare_data
 from adapt.data.tokenizer import load_tokenizer
 from adapt.model.loading import load_model
 from adapt.stages.common import load_stage_config, train_and_save
@@ -24,11 +24,12 @@ def run(config):
     model = load_model(config.model, tokenizer, seed=config.seed)
     # The reference is passed explicitly: TRL 1.16 fails building one from a model object without a path.
     ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    data = load_training_data(config.data, stage="dpo")
+    with config.main_process_first(local=False, desc="data"):  # rank 0 builds (and caches) the mixture first
+        data = prepare_data(config, tokenizer)
     trainer = AdaptDPOTrainer(model=model, ref_model=ref_model, args=config, train_dataset=data.train,
                               eval_dataset=data.eval, processing_class=tokenizer,
                               callbacks=[MetricsJSONLCallback()])
-    return train_and_save(trainer, config, tokenizer, started, data_summary=data.summary())
+    return train_and_save(trainer, config, tokenizer, started, data_summary=data.summary)
 
 
 def main(argv=None):

@@ -1,6 +1,6 @@
 """The SFT stage: `adapt sft --config R` or `accelerate launch -m adapt.stages.sft --config R`.
 
-Reads top to bottom: recipe -> tokenizer -> model -> data -> trainer -> train -> save.
+Reads top to bottom: recipe -> tokenizer -> model -> data (tokenized, cached) -> trainer -> train -> save.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import time
 
 from transformers import set_seed
 
-from adapt.data.sources import load_training_data
+from adapt.data.prepare import prepare_data
 from adapt.data.tokenizer import load_tokenizer
 from adapt.model.loading import load_model
 from adapt.stages.common import load_stage_config, train_and_save
@@ -21,10 +21,13 @@ def run(config):
     set_seed(config.seed)
     tokenizer = load_tokenizer(config.model)
     model = load_model(config.model, tokenizer, seed=config.seed)
-    data = load_training_data(config.data, stage="sft")
+    with config.main_process_first(local=False, desc="data"):  # rank 0 builds (and caches) the mixture first
+        data = prepare_data(config, tokenizer)
+    # The rows are already tokenized, masked and packed exactly as SFTTrainer would (adapt/data/tokenize.py).
+    config.dataset_kwargs = {**(config.dataset_kwargs or {}), "skip_prepare_dataset": True}
     trainer = AdaptSFTTrainer(model=model, args=config, train_dataset=data.train, eval_dataset=data.eval,
                               processing_class=tokenizer, callbacks=[MetricsJSONLCallback()])
-    return train_and_save(trainer, config, tokenizer, started, data_summary=data.summary())
+    return train_and_save(trainer, config, tokenizer, started, data_summary=data.summary)
 
 
 def main(argv=None):

@@ -10,4 +10,10 @@ from adapt.trainers.router import RouterLossMixin
 class AdaptDPOTrainer(RouterLossMixin, DPOTrainer):
     # DPOTrainer's loss is a per-micro-batch mean that the HF Trainer divides for gradient accumulation, so the
     # mixin's default divisor of 1 is right here.
-    pass
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        # Rows tokenized by adapt.data.tokenize carry exactly the columns DPOTrainer's own preparation produces
+        # (tests/test_tokenize.py checks it), so they go to the collator as they are.
+        if {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(dataset.column_names):
+            return dataset
+        return super()._prepare_dataset(dataset, processing_class, args, dataset_name)

@@ -8,6 +8,20 @@ from adapt.trainers.router import RouterLossMixin
 
 
 class AdaptSFTTrainer(RouterLossMixin, SFTTrainer):
+    def __init__(self, *args, **kwargs):
+        # Rows tokenized by adapt.data.tokenize already carry the assistant-only mask in `labels`; SFTTrainer would
+        # reject them under `assistant_only_loss` because they are no longer conversational. The flag is restored
+        # after construction so the saved recipe still says what the labels were built with.
+        config, train = kwargs.get("args"), kwargs.get("train_dataset")
+        pretokenized = train is not None and "labels" in train.column_names and config.assistant_only_loss
+        if pretokenized:
+            config.assistant_only_loss = False
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            if pretokenized:
+                config.assistant_only_loss = True
+
     def _router_loss_divisor(self, num_items_in_batch) -> int:
         # Mirrors SFTTrainer.compute_loss: with `num_items_in_batch` the trainer leaves gradient accumulation to the
         # loss, so a per-micro-batch mean must be divided by the number of accumulated micro-batches here.

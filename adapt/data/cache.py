@@ -1,0 +1,121 @@
+"""The tokenized-mixture cache: a second run of an unchanged recipe skips reading, converting, decontaminating and
+tokenizing; any change to what goes into the mixture gives a new key and a fresh build.
+
+The key hashes everything the tokenized rows depend on: the data section (sources, counts, shuffle, seed, formats,
+bad-row policy, eval split, decontamination settings), the *contents* of every input (local files and benchmark files
+by sha256, Hub datasets by the fingerprint `datasets` gives the downloaded revision, built-in tasks by their code),
+the tokenizer (vocabulary, merges, special tokens, chat template), max length and over-length policy, packing,
+assistant-only loss, and the library versions that tokenize. Only `data.cache`/`data.cache_dir` are left out.
+
+An entry is a folder `<cache_dir>/<key>/` with `train/`, optionally `eval/` (`Dataset.save_to_disk`) and
+`summary.json`. It is written under a temporary name and renamed into place, so an interrupted build never
+leaves an entry that looks complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from datasets import Dataset, load_from_disk
+
+FORMAT_VERSION = 1  # bump when the cached columns or summary change shape
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("ADAPT_CACHE", Path.home() / ".cache" / "adapt")) / "data"
+
+
+def _sha256_path(path: str) -> str:
+    p = Path(path).expanduser()
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def source_fingerprint(src) -> str:
+    if src.path:
+        return "sha256:" + _sha256_path(src.path)
+    if src.task:
+        from adapt.eval.tasks import get_task
+
+        code = inspect.getsource(inspect.getmodule(type(get_task(src.task))))
+        return "code:" + hashlib.sha256(code.encode()).hexdigest()
+    from datasets import load_dataset
+
+    # The fingerprint of the prepared arrow files: it changes when the resolved revision changes.
+    return "datasets:" + load_dataset(src.hub, src.name, split=src.split, revision=src.revision)._fingerprint
+
+
+def decontamination_fingerprint(decontaminate: dict[str, str]) -> dict[str, str]:
+    from adapt.data.decontam import benchmark_fingerprint
+
+    return {name: benchmark_fingerprint(name, ref, _sha256_path) for name, ref in sorted(decontaminate.items())}
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h.update((backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)).encode())
+    h.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
+    h.update((tokenizer.chat_template or "").encode())
+    return h.hexdigest()
+
+
+def mixture_key(config, tokenizer) -> str:
+    import datasets
+    import transformers
+    import trl
+
+    data = dataclasses.asdict(config.data)
+    data.pop("cache"), data.pop("cache_dir")
+    parts = {
+        "format_version": FORMAT_VERSION, "stage": config.stage, "data": data,
+        "inputs": [source_fingerprint(s) for s in config.data.sources],
+        "benchmarks": decontamination_fingerprint(config.data.decontaminate),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "max_length": config.max_length, "over_length": config.data.over_length,
+        "packing": getattr(config, "packing", False), "packing_strategy": getattr(config, "packing_strategy", None),
+        "eval_packing": getattr(config, "eval_packing", None),
+        "assistant_only_loss": getattr(config, "assistant_only_loss", False),
+        "versions": [transformers.__version__, trl.__version__, datasets.__version__],
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def load_entry(cache_dir: Path, key: str) -> tuple[Dataset, Dataset | None, dict] | None:
+    entry = cache_dir / key
+    if not (entry / "summary.json").is_file():
+        return None
+    summary = json.loads((entry / "summary.json").read_text(encoding="utf-8"))
+    held_out = load_from_disk(str(entry / "eval")) if (entry / "eval").is_dir() else None
+    return load_from_disk(str(entry / "train")), held_out, summary
+
+
+def save_entry(cache_dir: Path, key: str, train: Dataset, held_out: Dataset | None, summary: dict) -> Path:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_dir))
+    try:
+        train.save_to_disk(str(tmp / "train"))
+        if held_out is not None:
+            held_out.save_to_disk(str(tmp / "eval"))
+        # summary.json last: its presence is what marks the entry complete
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, cache_dir / key)
+    except OSError:
+        if (cache_dir / key / "summary.json").is_file():  # another process finished the same entry first
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            raise
+    return cache_dir / key

@@ -1,0 +1,106 @@
+"""The training data a stage hands its trainer: read -> convert -> decontaminate -> tokenize -> length policy ->
+split -> pack, or the same result from the cache. Also the data summary that `adapt data` prints and every run
+writes as `data_summary.json`.
+
+The summary is deterministic (no times, no cache hit/miss, no absolute cache path), so the same recipe and inputs
+give the same bytes; whether the cache was used is logged instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+
+from adapt.data import cache
+from adapt.data.sources import DataError, read_mixture, split_eval
+from adapt.data.tokenize import SOURCE_COLUMN, pack, tokenize_mixture
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    train: Dataset
+    eval: Dataset | None
+    summary: dict[str, Any]
+    cache_entry: Path | None = None  # the cache folder used or written (None with `data.cache: false`)
+    from_cache: bool = False
+
+
+def training_template(config, tokenizer) -> str | None:
+    """The chat template that marks assistant turns for `assistant_only_loss`: None when the tokenizer's own has
+    `{% generation %}` marks; else TRL's patched training template for known model families. Checked before
+    tokenizing 600k rows, not after."""
+    if config.stage != "sft" or not getattr(config, "assistant_only_loss", False):
+        return None
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    if has_generation_markers(tokenizer.chat_template or ""):
+        return None
+    try:
+        return get_training_chat_template(tokenizer)
+    except Exception as e:  # TRL knows a fixed list of templates
+        raise DataError(f"model.chat_template: the tokenizer's chat template has no {{% generation %}} marks, so "
+                        f"training.assistant_only_loss cannot find the assistant tokens ({e}); use chat_template: "
+                        f"tulu, or set training.assistant_only_loss: false") from None
+
+
+def prepare_data(config, tokenizer, use_cache: bool | None = None) -> PreparedData:
+    """The trainer-ready train/eval datasets of a stage's recipe, and the data summary."""
+    template = training_template(config, tokenizer)
+    use_cache = config.data.cache if use_cache is None else use_cache
+    key = cache.mixture_key(config, tokenizer)
+    cache_dir = Path(config.data.cache_dir).expanduser() if config.data.cache_dir else cache.default_cache_dir()
+    if use_cache:
+        hit = cache.load_entry(cache_dir, key)
+        if hit is not None:
+            log.info("data: tokenized mixture %s loaded from the cache (%s)", key, cache_dir / key)
+            return PreparedData(*hit, cache_entry=cache_dir / key, from_cache=True)
+    train, held_out, summary = _build(config, tokenizer, key, template)
+    entry = None
+    if use_cache:
+        entry = cache.save_entry(cache_dir, key, train, held_out, summary)
+        log.info("data: tokenized mixture %s written to the cache (%s)", key, entry)
+    return PreparedData(train, held_out, summary, cache_entry=entry)
+
+
+def _build(config, tokenizer, key: str, template: str | None) -> tuple[Dataset, Dataset | None, dict[str, Any]]:
+    data = config.data
+    rows, sources = read_mixture(data, config.stage)
+    tokenized, token_stats = tokenize_mixture(
+        rows, tokenizer, config.stage, max_length=config.max_length, over_length=data.over_length,
+        assistant_only_loss=getattr(config, "assistant_only_loss", False), chat_template=template,
+        num_proc=config.dataset_num_proc)
+    for summary, stats in zip(sources, token_stats):
+        summary.dropped.update(stats["dropped"])
+        summary.rows_kept = stats["rows"]
+        if summary.rows_kept == 0:
+            raise DataError(f"{summary.source}: no row left after the length policy "
+                            f"({dict(stats['dropped'])}); raise training.max_length or use data.over_length: truncate")
+    train, held_out = split_eval(tokenized.remove_columns(SOURCE_COLUMN), data.eval_rows, data.seed)
+    train_rows, eval_rows = len(train), 0 if held_out is None else len(held_out)
+
+    packing = config.stage == "sft" and config.packing
+    if packing:
+        train = pack(train, config.max_length, config.packing_strategy, config.dataset_num_proc)
+    eval_packing = packing if getattr(config, "eval_packing", None) is None else config.eval_packing
+    if held_out is not None and config.stage == "sft" and eval_packing:
+        held_out = pack(held_out, config.max_length, config.packing_strategy, config.dataset_num_proc)
+
+    summary = {
+        "stage": config.stage, "mixture_key": key,
+        "max_length": config.max_length, "over_length": data.over_length, "packing": packing,
+        "sources": [{**s.as_dict(), **{k: v for k, v in t.items() if k not in ("source_id", "rows", "dropped")}}
+                    for s, t in zip(sources, token_stats)],
+        "train_rows": train_rows, "eval_rows": eval_rows,
+        "tokens": sum(t["tokens"] for t in token_stats),
+        "trained_tokens": sum(t["trained_tokens"] for t in token_stats),
+    }
+    if packing:
+        summary["packed_sequences"] = len(train)
+    return train, held_out, summary

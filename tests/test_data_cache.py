@@ -1,0 +1,97 @@
+"""The tokenized-mixture cache: an unchanged recipe reuses it without tokenizing, every input that changes the rows
+changes the key, and a build interrupted while writing never leaves an entry that looks complete."""
+
+import json
+
+import pytest
+
+from adapt.config import load_recipe
+from adapt.data import prepare as prepare_module
+from adapt.data.prepare import prepare_data
+from adapt.data.sources import DataError
+from adapt.data.tokenizer import load_tokenizer
+from conftest import TINY_SFT, write_recipe
+
+ROWS = [{"messages": [{"role": "user", "content": f"say {i}"}, {"role": "assistant", "content": f"{i} {i}"}]}
+        for i in range(40)]
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    text = TINY_SFT.format(rows=8, lb=0.01, z=0.001, out=tmp_path / "out", steps=1).replace(
+        "sources: [{task: reverse, rows: 8}]", f"sources: [{{path: {data}, rows: 30}}]\n  cache_dir: {tmp_path / 'c'}")
+    return write_recipe(tmp_path / "r.yaml", text)
+
+
+def prepared(recipe, *overrides):
+    config = load_recipe(recipe, list(overrides))
+    return prepare_data(config, load_tokenizer(config.model))
+
+
+def test_second_run_loads_the_cache_without_tokenizing(recipe, monkeypatch):
+    first = prepared(recipe)
+    assert not first.from_cache and (first.cache_entry / "summary.json").is_file()
+
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("an unchanged recipe must not be tokenized again")
+
+    monkeypatch.setattr(prepare_module, "tokenize_mixture", no_tokenizing)
+    second = prepared(recipe)
+    assert second.from_cache and second.cache_entry == first.cache_entry
+    assert second.train.to_list() == first.train.to_list() and second.summary == first.summary
+    assert second.summary["sources"][0]["rows_kept"] == 30 and second.summary["tokens"] > 0
+
+
+@pytest.mark.parametrize("change", [
+    ["training.max_length=24"],
+    ["data.over_length=drop"],
+    ["data.seed=1"],
+    ["data.sources.0.rows=29"],
+    ["data.sources.0.shuffle=true"],
+    ["data.eval_rows=4"],
+    ["model.add_bos=true"],  # the chat template
+    ["training.packing=true", "training.padding_free=true"],
+    ["training.assistant_only_loss=false"],
+])
+def test_anything_that_changes_the_rows_changes_the_key(recipe, change):
+    base = prepared(recipe)
+    changed = prepared(recipe, *change)
+    assert not changed.from_cache and changed.summary["mixture_key"] != base.summary["mixture_key"]
+
+
+def test_edited_data_file_rebuilds(recipe, tmp_path):
+    base = prepared(recipe)
+    rows = ROWS[:]
+    rows[0] = {"messages": [{"role": "user", "content": "changed"}, {"role": "assistant", "content": "yes"}]}
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    again = prepared(recipe)
+    assert not again.from_cache and again.train[0]["input_ids"] != base.train[0]["input_ids"]
+
+
+def test_cache_off_builds_without_writing(recipe, tmp_path):
+    result = prepared(recipe, "data.cache=false")
+    assert result.cache_entry is None and not (tmp_path / "c").exists()
+
+
+def test_interrupted_write_leaves_no_entry(recipe, tmp_path, monkeypatch):
+    from datasets import Dataset
+
+    def crash(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Dataset, "save_to_disk", crash)
+    with pytest.raises(OSError):
+        prepared(recipe)
+    monkeypatch.undo()
+    assert not any((p / "summary.json").exists() for p in (tmp_path / "c").iterdir())
+    assert not prepared(recipe).from_cache  # rebuilt, not half-loaded
+
+
+def test_template_without_assistant_marks_fails_before_tokenizing(recipe):
+    config = load_recipe(recipe)
+    tokenizer = load_tokenizer(config.model)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    with pytest.raises(DataError, match="model.chat_template.*assistant_only_loss"):
+        prepare_data(config, tokenizer)

@@ -1,0 +1,57 @@
+"""The local-file variant of the OLMoE recipes (recipes/olmoe-1b-7b/local/) on the real data and tokenizer in
+../shared: the data summary is complete and byte-for-byte repeatable, and SFT then DPO train on it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+SFT = "recipes/olmoe-1b-7b/local/sft.yaml"
+DPO = "recipes/olmoe-1b-7b/local/dpo.yaml"
+
+
+def adapt_data(*args):
+    run = subprocess.run([sys.executable, "-m", "adapt.cli", "data", *args], cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout
+
+
+def test_sft_summary_is_repeatable_and_accounts_for_every_row(shared, tmp_path):
+    cache = f"data.cache_dir={tmp_path}"
+    built, cached, uncached = adapt_data("--config", SFT, cache), adapt_data("--config", SFT, cache), \
+        adapt_data("--config", SFT, "data.cache=false")
+    assert built == cached == uncached  # byte for byte, from a fresh build, from the cache and with no cache
+    summary = json.loads(built)
+    raw = {s["source"]: len(json.loads((REPO / s["source"]).read_text())) for s in summary["sources"]}
+    for s in summary["sources"]:
+        assert s["rows_read"] == raw[s["source"]]
+        assert s["rows_read"] == s["rows_kept"] + sum(s["dropped"].values()) + s["rows_not_taken"]
+        assert s["tokens"] > s["trained_tokens"] > 0 and s["length_percentiles"]["max"] >= s["length_percentiles"]["p50"]
+        assert len(s["decontaminated"]) == s["dropped"].get("benchmark overlap", 0)
+    assert summary["train_rows"] == sum(s["rows_kept"] for s in summary["sources"])
+    assert summary["packing"] and summary["packed_sequences"] < summary["train_rows"]
+
+
+@pytest.mark.slow
+def test_local_sft_then_dpo_train(shared, tmp_path, monkeypatch):
+    from adapt.config import load_recipe
+    from adapt.stages import dpo, sft
+
+    monkeypatch.chdir(REPO)  # the recipes' ../shared paths start from the repository root
+    common = [f"data.cache_dir={tmp_path / 'cache'}", "training.max_steps=2", "training.max_length=256",
+              "training.logging_steps=1"]
+    sft.run(load_recipe(SFT, common + [f"training.output_dir={tmp_path / 'sft'}"]))
+    dpo.run(load_recipe(DPO, common + [f"training.output_dir={tmp_path / 'dpo'}",
+                                       f"model.name_or_path={tmp_path / 'sft'}"]))
+    for stage in ("sft", "dpo"):
+        rows = [json.loads(line) for line in (tmp_path / stage / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows if "loss" in r] == [1, 2]
+        assert all(r["aux_loss"] > 0 and r["z_loss"] > 0 for r in rows if "loss" in r)
+        summary = json.loads((tmp_path / stage / "data_summary.json").read_text())
+        assert summary["max_length"] == 256 and summary["tokens"] > 0
+    dpo_summary = json.loads((tmp_path / "dpo" / "data_summary.json").read_text())
+    assert dpo_summary["sources"][0]["dropped"]["longer than max_length"] > 0  # over_length: drop, counted
