@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q $(TORCH)
 	$(VENV)/bin/python -m pip install -q -e ".[dev]"
+	# nltk's punkt_tab data for IFEval, offline: the llama-index-core wheel bundles it (data only, no deps)
+	$(VENV)/bin/python -m pip install -q --no-deps --target $(VENV)/adapt-nltk llama-index-core==0.14.25
 	touch $(STAMP)
 
 # The offline pipeline: base -> SFT -> DPO on a tiny OLMoE, report in runs/demo/report.md (replaces runs/demo).

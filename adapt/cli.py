@@ -13,6 +13,9 @@ commands:
   dpo     --config RECIPE [--overwrite] [key=value ...]   preference tuning (DPO) with the router losses on
   check   --config RECIPE [--skip-path-checks] [k=v ...]  validate a recipe without loading anything
   data    --config RECIPE [key=value ...]                 build the training mixture only; print its summary
+  eval    --model PATH [--suite olmoe-paper] [--tasks ..] [--limit N] [--data-dir D]   benchmark a model
+  eval score --task T --predictions FILE                  re-score stored completions without a model
+  report  RESULTS.json ... [--names a,b] [--output DIR]   compare runs beside the paper (md, html, png)
   demo    [--output runs/demo] [--overwrite]              the offline base -> SFT -> DPO pipeline with a report
 
 `adapt <command> --help` for a command's options.
@@ -70,6 +73,10 @@ def main(argv=None) -> None:
         from adapt.stages.dpo import main as run
     elif command == "demo":
         from adapt.stages.demo import main as run
+    elif command == "eval":
+        from adapt.eval.cli import run_eval as run
+    elif command == "report":
+        from adapt.eval.cli import run_report as run
     elif command == "check":
         run = _check
     elif command == "data":

@@ -1,0 +1,47 @@
+"""The benchmarks of the OLMoE paper, each an lm-evaluation-harness task config built from our suite settings.
+
+Every module here exposes `task_configs(name, data, settings) -> list[dict]`: lm-eval task config dicts (callables
+allowed) that `adapt.eval.runner` hands to `lm_eval.simple_evaluate`, and `summarize(results) -> dict` that turns
+lm-eval's per-(sub)task results into the suite's metrics. `data` is a local file or folder (offline) or None (the
+Hub dataset the module names). lm-eval supplies few-shot construction, chat templating, batching, filters and
+standard errors; a module writes only what lm-eval lacks offline or gets wrong for chat models (said in each).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+NAMES = ("mmlu", "gsm8k", "bbh", "humaneval", "mbpp", "alpaca_eval", "xstest", "ifeval")
+
+
+def get(name: str):
+    if name not in NAMES:
+        raise KeyError(f"unknown benchmark {name!r}; known: {', '.join(NAMES)}")
+    return importlib.import_module(f"adapt.eval.benchmarks.{name}")
+
+
+def lmeval_builtin(relative: str) -> dict[str, Any]:
+    """A task YAML shipped inside the installed lm-eval, with its `include`s and `!function`s resolved: we extend
+    lm-eval's own task definitions instead of copying them."""
+    import lm_eval
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    return load_yaml(Path(os.path.dirname(lm_eval.__file__)) / "tasks" / relative, resolve_func=True, recursive=True)
+
+
+def local_dataset(path: str | Path, split: str, **kwargs) -> dict[str, Any]:
+    """Config keys that point a task at a local json/jsonl(.gz)/csv file instead of the Hub."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: benchmark data file not found")
+    kind = "csv" if ".csv" in path.suffixes else "json"
+    return {"dataset_path": kind, "dataset_name": None,
+            "dataset_kwargs": {"data_files": {split: str(path.resolve())}, **kwargs}, "test_split": split}
+
+
+def score(value, stderr=None, **extra) -> dict[str, Any]:
+    """One metric of a summary; lm-eval reports a missing standard error as the string "N/A"."""
+    return {"value": value, "stderr": stderr if isinstance(stderr, (int, float)) else None, **extra}

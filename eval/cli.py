@@ -1,0 +1,109 @@
+"""`adapt eval`, `adapt eval score` and `adapt report`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="adapt eval", description="Score a model on a benchmark suite.",
+                                epilog="`adapt eval score --task T --predictions FILE` re-scores stored completions.")
+    p.add_argument("--model", required=True, help="a model folder (e.g. runs/demo/sft) or a Hub id")
+    p.add_argument("--suite", default="olmoe-paper", help="a shipped suite name or a suite YAML (default olmoe-paper)")
+    p.add_argument("--tasks", help="comma-separated subset of the suite's tasks")
+    p.add_argument("--limit", type=int, help="at most N items per benchmark (per subject/subtask for MMLU, BBH)")
+    p.add_argument("--data-dir", help="local benchmark data (the public releases' layout); default: the Hub")
+    p.add_argument("--output", help="results folder (default: <model>/eval/<suite>); an interrupted run resumes")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--max-length", type=int, help="context length for prompts (default: the model's)")
+    p.add_argument("--overwrite", action="store_true", help="replace results of a different model in --output")
+    return p
+
+
+def _output_dir(args) -> Path:
+    if args.output:
+        return Path(args.output)
+    if not Path(args.model).is_dir():
+        sys.exit("error: --output: needed when --model is a Hub id (results are written beside a local model)")
+    return Path(args.model) / "eval" / Path(args.suite).stem
+
+
+def _check_output(out: Path, model: str, overwrite: bool) -> None:
+    """Resume only the same model's run; never mix two models' results in one folder."""
+    from adapt.eval.suite import model_fingerprint
+
+    previous = out / "results.json"
+    if previous.is_file() and json.loads(previous.read_text())["model"] != model_fingerprint(model):
+        if not overwrite:
+            sys.exit(f"error: {out} holds results of another model; choose another --output or pass --overwrite")
+        import shutil
+
+        shutil.rmtree(out)
+
+
+def run_eval(argv) -> None:
+    if argv and argv[0] == "score":
+        return run_score(argv[1:])
+    args = _eval_parser().parse_args(argv)
+    from adapt.eval.suite import evaluate, load_suite
+
+    try:
+        suite = load_suite(args.suite)
+        tasks = args.tasks.split(",") if args.tasks else None
+        if args.data_dir and not Path(args.data_dir).is_dir():
+            raise ValueError(f"--data-dir {args.data_dir}: not a folder")
+        out = _output_dir(args)
+        _check_output(out, args.model, args.overwrite)
+        results = evaluate(args.model, suite, tasks, args.limit, args.data_dir, out, args.batch_size, args.device,
+                           args.max_length)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        sys.exit(f"error: {e}")
+    width = max(len(t) for t in results["headline"])
+    for task, h in results["headline"].items():
+        value = "n/a" if h["value"] is None else f"{100 * h['value']:.1f}"
+        print(f"{task:<{width}}  {h['metric']:<24} {value}")
+    print(f"results: {out / 'results.json'}  samples: {out / 'samples.jsonl'}")
+
+
+def run_score(argv) -> None:
+    p = argparse.ArgumentParser(prog="adapt eval score", description="Score stored completions without a model; "
+                                "prints the metrics as JSON.")
+    p.add_argument("--task", required=True, help="a task of the suite, e.g. gsm8k")
+    p.add_argument("--predictions", required=True, help="JSONL in the samples.jsonl format (eval/README.md)")
+    p.add_argument("--suite", default="olmoe-paper")
+    p.add_argument("--data-dir", help="local benchmark data; default: the Hub")
+    args = p.parse_args(argv)
+    from adapt.eval.suite import rescore
+
+    try:
+        metrics = rescore(args.task, args.predictions, args.suite, args.data_dir)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        sys.exit(f"error: {e}")
+    print(json.dumps(metrics, indent=2, sort_keys=True))
+
+
+def run_report(argv) -> None:
+    p = argparse.ArgumentParser(prog="adapt report", description="Compare evaluation results (e.g. base, SFT, DPO) "
+                                "beside the paper's rows: markdown, a self-contained HTML page and PNG charts.")
+    p.add_argument("results", nargs="+", help="results.json files (or folders holding one), in order")
+    p.add_argument("--names", help="comma-separated run names (default: the model folder names)")
+    p.add_argument("--output", default="report", help="folder for report.md, report.html, report.json and PNGs")
+    p.add_argument("--suite", default="olmoe-paper", help="the suite whose paper rows are shown")
+    args = p.parse_args(argv)
+    from adapt.eval.compare import load_results, write_comparison
+
+    try:
+        runs = load_results(args.results, args.names.split(",") if args.names else None)
+        paths = write_comparison(runs, args.output, args.suite)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    for path in paths:
+        print(path)
+
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
