@@ -213,6 +213,8 @@ def rescore(task: str, predictions: str | Path, suite: str | Suite = "olmoe-pape
     if not completions:
         raise ValueError(f"{predictions}: no rows for task {task}")
     configs = [c for c in task_configs(suite, task, data_dir) if c["task"] in completions]
-    result = run_lmeval(ReplayLM(completions), configs, None,
-                        samples={c["task"]: sorted(completions[c["task"]]) for c in configs})
+    chosen = {c["task"]: sorted(completions[c["task"]]) for c in configs}
+    # lm-eval numbers the chosen items 0..k-1 in dataset order, so the replay is keyed by that position
+    replay = {t: {position: completions[t][item] for position, item in enumerate(items)} for t, items in chosen.items()}
+    result = run_lmeval(ReplayLM(replay), configs, None, samples=chosen)
     return summarize(suite, task, result["results"])

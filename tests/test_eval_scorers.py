@@ -57,6 +57,15 @@ def test_gsm8k_gold_scores_100_and_shuffled_about_chance(shared, tmp_path):
     assert bad["exact_match"]["value"] < 0.05
 
 
+def test_rescoring_a_subset_of_items_keeps_each_completion_with_its_item(shared, tmp_path):
+    docs = gsm8k_docs(shared)
+    ids = [40, 5, 17]  # not contiguous, not sorted
+    rows = [{"item_id": i, "completion": f"The answer is {docs[i]['answer'].split('####')[1].strip()}."} for i in ids]
+    rows.append({"item_id": 3, "completion": "The answer is -1."})  # wrong on purpose
+    metrics = rescore("gsm8k", write_predictions(tmp_path / "p.jsonl", rows), data_dir=str(shared / "data"))
+    assert metrics["exact_match"]["value"] == 0.75
+
+
 def test_mmlu_gold_letters_score_100_and_shuffled_about_a_quarter(shared, tmp_path):
     import csv
 
