@@ -8,6 +8,7 @@ fields -> files that must exist -> TRL's own `__post_init__` validation (re-rais
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import typing
 from pathlib import Path
@@ -54,11 +55,17 @@ def load_recipe(path: str | os.PathLike, overrides: typing.Sequence[str] = (), *
     check_output: refuse an output_dir that already holds a run (off for commands that write none, `adapt data`).
     """
     file = str(path)
-    raw = _read_yaml(file)
-    for item in overrides:
-        _apply_override(raw, item, file)
+    raw = read_recipe(file, overrides)
     return build_config(raw, file, check_paths=check_paths, check_hardware=check_hardware, stage=stage,
                         check_output=check_output)
+
+
+def read_recipe(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> dict[str, Any]:
+    """The recipe as a plain dict with the overrides applied, not yet validated."""
+    raw = _read_yaml(str(path))
+    for item in overrides:
+        _apply_override(raw, item, str(path))
+    return raw
 
 
 def build_config(raw: dict[str, Any], file: str | None = None, *, check_paths: bool = True,
@@ -83,7 +90,7 @@ def build_config(raw: dict[str, Any], file: str | None = None, *, check_paths: b
     _check_contradictions(recipe_stage, sections, training, file)
     if check_paths:
         _check_paths(sections, file)
-    if check_paths and check_output:
+    if check_paths and check_output and not training.get("resume_from_checkpoint"):
         _check_output_dir(training["output_dir"], raw.get("overwrite", False), file)
 
     cls = STAGE_CONFIGS[recipe_stage]
@@ -223,11 +230,13 @@ def _check_contradictions(stage: str, s: dict[str, Any], training: dict[str, Any
         raise RecipeError(file, "training.fp16", "bf16 and fp16 are both on", "keep one")
     if parallel.expert_parallel_size < 1:
         raise RecipeError(file, "parallel.expert_parallel_size", "must be >= 1", "use 1 for no expert parallelism")
-    experts = (model.config or {}).get("num_experts")
-    if experts and experts % parallel.expert_parallel_size:
-        raise RecipeError(file, "parallel.expert_parallel_size",
-                          f"{experts} experts cannot be split evenly over {parallel.expert_parallel_size} ranks",
-                          "choose a divisor of the expert count")
+    from adapt.parallel import check_layout
+
+    problem = check_layout((model.config or {}).get("num_experts"), parallel.expert_parallel_size,
+                           int(os.environ.get("WORLD_SIZE", parallel.expert_parallel_size)))
+    if problem:
+        why, fix = problem.split("; ")
+        raise RecipeError(file, "parallel.expert_parallel_size", why, fix)
     if parallel.expert_parallel_size > 1 and not parallel.deepspeed:
         raise RecipeError(file, "parallel.expert_parallel_size", "expert parallelism runs through DeepSpeed",
                           "also set `parallel.deepspeed` (e.g. zero2)")
@@ -256,16 +265,19 @@ def _check_paths(s: dict[str, Any], file: str | None) -> None:
                               "point it at the benchmark's local file or folder, or write `hub` to read it from the Hub")
 
 
-def _deepspeed_config(parallel, file: str | None) -> str | None:
+def _deepspeed_config(parallel, file: str | None) -> dict | None:
     if not parallel.deepspeed:
         return None
-    from adapt.parallel import preset_path
+    from adapt.parallel import deepspeed_config, preset_path
 
-    path = preset_path(parallel.deepspeed)
-    if path is None:
+    if preset_path(parallel.deepspeed) is None:
         raise RecipeError(file, "parallel.deepspeed", f"{parallel.deepspeed!r} is neither a shipped preset nor a file",
                           "use zero2, zero3, zero3-offload or a path to a DeepSpeed JSON")
-    return str(path)
+    try:
+        return deepspeed_config(parallel.deepspeed, parallel.expert_parallel_size)
+    except json.JSONDecodeError as e:
+        raise RecipeError(file, "parallel.deepspeed", f"{parallel.deepspeed} is not valid JSON ({e})",
+                          "fix the file") from None
 
 
 def _check_output_dir(output_dir: str, overwrite: bool, file: str | None) -> None:

@@ -27,34 +27,48 @@ def stage_parser(stage: str) -> argparse.ArgumentParser:
 def load_stage_config(stage: str, argv=None):
     """Parse the command line and load the validated recipe; exits with one line on a bad recipe."""
     from adapt.config import RecipeError, load_recipe
+    from adapt.config.recipe import read_recipe
+    from adapt.parallel.launch import launch_overrides
 
     args = stage_parser(stage).parse_args(argv)
     overrides = list(args.overrides) + (["overwrite=true"] if args.overwrite else [])
-    if _distributed_cpu() and not any(o.startswith("training.ddp_backend=") for o in overrides):
-        # Without a GPU, torch.distributed needs gloo; left unset, every rank believes it is rank 0 of 1.
-        overrides.append("training.ddp_backend=gloo")
     try:
-        return load_recipe(args.config, overrides, stage=stage)
+        uses_deepspeed = bool((read_recipe(args.config, overrides).get("parallel") or {}).get("deepspeed"))
+        return load_recipe(args.config, overrides + launch_overrides(uses_deepspeed, overrides), stage=stage)
     except RecipeError as e:
         sys.exit(f"error: {e}")
 
 
-def _distributed_cpu() -> bool:
-    import torch
-
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-
-
 def start_run_dir(config, is_main: bool) -> Path:
     """Create the run folder. An existing run is only replaced when the recipe says `overwrite` (checked again
-    here because the folder may have appeared since the recipe was validated)."""
+    here because the folder may have appeared since the recipe was validated), and kept when resuming."""
     out = Path(config.output_dir)
-    if is_main and out.exists() and any(out.iterdir()):
+    if is_main and out.exists() and any(out.iterdir()) and not config.resume_from_checkpoint:
         if not config.overwrite:
             sys.exit(f"error: {out} already holds a run; choose another training.output_dir or pass --overwrite")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def last_complete_checkpoint(out: Path) -> Path | None:
+    """The newest `checkpoint-N` whose `trainer_state.json` exists. The Trainer writes that file last, so a
+    checkpoint interrupted while being written has none and is passed over: it never replaces the last good one."""
+    candidates = [p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    complete = [p for p in candidates if (p / "trainer_state.json").is_file()]
+    return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def resume_checkpoint(config) -> str | None:
+    """`training.resume_from_checkpoint`: `latest` (the newest complete checkpoint in output_dir) or a folder."""
+    ref = config.resume_from_checkpoint
+    if not ref:
+        return None
+    path = last_complete_checkpoint(Path(config.output_dir)) if ref in ("latest", "true", "True") else Path(ref)
+    if path is None or not (path / "trainer_state.json").is_file():
+        sys.exit(f"error: {config.recipe_path}: training.resume_from_checkpoint: no complete checkpoint "
+                 f"{'in ' + config.output_dir if path is None else 'at ' + str(path)}; drop the field to start over")
+    return str(path)
 
 
 def save_run(trainer, config, tokenizer, started: float, data_summary: dict | None = None) -> Path:
@@ -66,7 +80,7 @@ def save_run(trainer, config, tokenizer, started: float, data_summary: dict | No
     text_config = trainer.model.config.get_text_config()
     if hasattr(text_config, "output_router_logits"):
         text_config.output_router_logits = False
-    trainer.save_model(str(out))
+    _save_weights(trainer, config, out)
     if not trainer.accelerator.is_main_process:
         return out
     tokenizer.save_pretrained(str(out))
@@ -89,12 +103,42 @@ def save_run(trainer, config, tokenizer, started: float, data_summary: dict | No
     return out
 
 
+def _save_weights(trainer, config, out: Path) -> None:
+    """The model in plain transformers layout. Under expert parallelism each rank holds only its experts in
+    AutoEP's layout, so they are gathered and renamed first (adapt/parallel/autoep.py)."""
+    from adapt.parallel.autoep import hf_state_dict, is_autoep
+
+    if not is_autoep(trainer.model):
+        trainer.save_model(str(out))
+        return
+    state = hf_state_dict(trainer.model, config.parallel.expert_parallel_size)  # collective: every rank
+    if trainer.accelerator.is_main_process:
+        trainer.model.save_pretrained(str(out), state_dict=state)
+    trainer.accelerator.wait_for_everyone()
+
+
+def prepare_model(model, config) -> None:
+    """Before the trainer wraps the model: check the parallel layout against it, set up expert parallelism."""
+    from adapt.parallel import check_layout
+
+    ep = config.parallel.expert_parallel_size
+    problem = check_layout(getattr(model.config.get_text_config(), "num_experts", None), ep,
+                           int(os.environ.get("WORLD_SIZE", ep)))
+    if problem:
+        sys.exit(f"error: {config.recipe_path}: parallel.expert_parallel_size: {problem}")
+    if ep > 1:
+        from adapt.parallel.autoep import keep_router_logits, register_olmoe_preset
+
+        register_olmoe_preset()
+        keep_router_logits(model)
+
+
 def train_and_save(trainer, config, tokenizer, started: float, data_summary: dict | None = None):
     """The part every stage shares once its trainer is built: claim the run folder, train, save, push."""
     is_main = trainer.accelerator.is_main_process
     start_run_dir(config, is_main)
     trainer.accelerator.wait_for_everyone()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_checkpoint(config))
     out = save_run(trainer, config, tokenizer, started, data_summary)
     if config.hub.push and is_main:
         from adapt.hub.push import push_folder

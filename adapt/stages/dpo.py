@@ -13,7 +13,7 @@ from transformers import set_seed
 from adapt.data.prepare import prepare_data
 from adapt.data.tokenizer import load_tokenizer
 from adapt.model.loading import load_model
-from adapt.stages.common import load_stage_config, train_and_save
+from adapt.stages.common import load_stage_config, prepare_model, train_and_save
 from adapt.trainers import AdaptDPOTrainer, MetricsJSONLCallback
 
 
@@ -22,6 +22,7 @@ def run(config):
     set_seed(config.seed)
     tokenizer = load_tokenizer(config.model)
     model = load_model(config.model, tokenizer, seed=config.seed)
+    prepare_model(model, config)
     # The reference is passed explicitly: TRL 1.16 fails building one from a model object without a path.
     ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     with config.main_process_first(local=False, desc="data"):  # rank 0 builds (and caches) the mixture first

@@ -12,7 +12,7 @@ from transformers import set_seed
 from adapt.data.prepare import prepare_data
 from adapt.data.tokenizer import load_tokenizer
 from adapt.model.loading import load_model
-from adapt.stages.common import load_stage_config, train_and_save
+from adapt.stages.common import load_stage_config, prepare_model, train_and_save
 from adapt.trainers import AdaptSFTTrainer, MetricsJSONLCallback
 
 
@@ -21,6 +21,7 @@ def run(config):
     set_seed(config.seed)
     tokenizer = load_tokenizer(config.model)
     model = load_model(config.model, tokenizer, seed=config.seed)
+    prepare_model(model, config)
     with config.main_process_first(local=False, desc="data"):  # rank 0 builds (and caches) the mixture first
         data = prepare_data(config, tokenizer)
     # The rows are already tokenized, masked and packed exactly as SFTTrainer would (adapt/data/tokenize.py).

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from trl import SFTTrainer
 
+from adapt.trainers.checkpoint import ConvertingCheckpointMixin
 from adapt.trainers.router import RouterLossMixin
 
 
-class AdaptSFTTrainer(RouterLossMixin, SFTTrainer):
+class AdaptSFTTrainer(ConvertingCheckpointMixin, RouterLossMixin, SFTTrainer):
     def __init__(self, *args, **kwargs):
         # Rows tokenized by adapt.data.tokenize already carry the assistant-only mask in `labels`; SFTTrainer would
         # reject them under `assistant_only_loss` because they are no longer conversational. The flag is restored
