@@ -142,9 +142,10 @@ def test_zero2_expert_parallel_sft_then_dpo_through_accelerate(tmp_path):
 
 
 @pytest.mark.multiprocess
-def test_expert_parallel_model_matches_one_process_and_exports_exactly(tmp_path):
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_expert_parallel_model_matches_one_process_and_exports_exactly(tmp_path, zero):
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          str(REPO / "tests/scripts/ep_parity.py"), str(tmp_path)], cwd=REPO, capture_output=True,
+                          str(REPO / "tests/scripts/ep_parity.py"), str(tmp_path), zero], cwd=REPO, capture_output=True,
                          text=True, env=ENV, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]

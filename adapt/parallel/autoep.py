@@ -73,7 +73,7 @@ def hf_state_dict(model, ep_size: int) -> dict[str, torch.Tensor]:
     """
     import torch.distributed as dist
 
-    local = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    local = _local_state(model)
     world = dist.get_world_size() if dist.is_initialized() else 1
     out: dict[str, torch.Tensor] = {}
     for key in sorted(local):
@@ -85,6 +85,17 @@ def hf_state_dict(model, ep_size: int) -> dict[str, torch.Tensor]:
             tensor = torch.cat(parts[:ep_size], dim=0)  # [E_local, ...] slices in expert order
         out[key] = tensor
     return _rename(out)
+
+
+def _local_state(model) -> dict[str, torch.Tensor]:
+    """This rank's full (not ZeRO-3-partitioned) parameters: gathered for the copy when ZeRO-3 shards them."""
+    params = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    if not params:
+        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
 def _rename(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

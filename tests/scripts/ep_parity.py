@@ -2,7 +2,7 @@
 toolkit's preset and router-logit recorder) against the same model in one process, then the export back to the
 transformers layout. Writes `<out>/rank<r>.json` per rank (tests/test_scaleout.py reads them).
 
-    torchrun --nproc_per_node 2 tests/scripts/ep_parity.py OUT_DIR
+    torchrun --nproc_per_node 2 tests/scripts/ep_parity.py OUT_DIR [zero2|zero3]
 """
 
 import json
@@ -28,7 +28,7 @@ with torch.no_grad():
 
 register_olmoe_preset()
 keep_router_logits(model)
-ds = deepspeed_config("zero2", 2)
+ds = deepspeed_config(sys.argv[2] if len(sys.argv) > 2 else "zero2", 2)
 ds.update(train_micro_batch_size_per_gpu=2, gradient_accumulation_steps=1, gradient_clipping=1.0,
           bf16={"enabled": False})
 ds["optimizer"]["params"] = {"lr": 1e-2, "torch_adam": True}
