@@ -94,8 +94,8 @@ def sample_rows(task: str, headline: str, lm_samples: dict[str, list[dict]]) -> 
                 # multiple choice: the "completion" is the choice with the highest log-likelihood
                 logliks = [r[0] if isinstance(r, (list, tuple)) else r for r in responses]
                 completions = [s["arguments"][max(range(len(logliks)), key=lambda i: logliks[i])][1].strip()]
-            else:
-                completions = [str(r) for r in responses]
+            else:  # one entry holding every sampled completion of the item (HumanEval draws n of them)
+                completions = [str(x) for r in s["resps"] for x in (r if isinstance(r, list) else [r])]
             metrics = {k: v for k, v in s.items() if k not in ("doc", "arguments", "resps", "filtered_resps")
                        and isinstance(v, (int, float)) and not isinstance(v, bool) and k != "doc_id"}
             row = {"task": task, "subtask": subtask, "item_id": s["doc_id"], "prompt": s["arguments"][0][0],

@@ -17,7 +17,9 @@ SUITE = {
     "name": "tiny", "defaults": {"batch_size": 4},
     "tasks": {"gsm8k": {"benchmark": "gsm8k", "local": "gsm8k/test.jsonl", "num_fewshot": 2, "max_gen_toks": 12,
                         "headline": "exact_match"},
-              "mmlu": {"benchmark": "mmlu", "local": "mmlu", "headline": "acc"}},
+              "mmlu": {"benchmark": "mmlu", "local": "mmlu", "headline": "acc"},
+              "humaneval": {"benchmark": "humaneval", "local": "humaneval/HumanEval.jsonl.gz", "num_samples": 3,
+                            "temperature": 0.8, "k": [1, 2], "max_gen_toks": 12, "headline": "pass@2"}},
     "paper": {"OLMoE-1B-7B": {"gsm8k": 3.0, "mmlu": 49.8}},
 }
 
@@ -55,7 +57,9 @@ def test_results_and_samples_files(run, model_dir):
     assert mmlu["data"]["items"] == 2 * 57 and mmlu["scores"]["subjects"]["value"] == 57
     assert 0 <= mmlu["scores"]["acc"]["value"] <= 1 and mmlu["scores"]["acc"]["stderr"] > 0
     rows = [json.loads(line) for line in (run.out / "samples.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 + 2 * 57
+    assert len(rows) == 2 + 2 * 57 + 2
+    sampled = [r for r in rows if r["task"] == "humaneval"]
+    assert all(len(r["completions"]) == 3 for r in sampled)  # every sample kept, for pass@k and re-scoring
     first = rows[0]
     assert {"task", "item_id", "prompt", "completion", "score"} <= first.keys()
     # prompted through the model's own chat template, few-shot examples as earlier turns
@@ -64,7 +68,7 @@ def test_results_and_samples_files(run, model_dir):
 
 
 def test_rescoring_the_samples_gives_the_runs_scores(run):
-    for task in ("gsm8k", "mmlu"):
+    for task in ("gsm8k", "mmlu", "humaneval"):
         again = rescore(task, run.out / "samples.jsonl", run.suite, run.data)
         expected = run.results["tasks"][task]["scores"]
         for metric, score in expected.items():
