@@ -6,7 +6,7 @@ TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.installed-stamp
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: demo test test-fast clean
+.PHONY: demo demo-eval test test-fast clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,13 @@ $(STAMP): pyproject.toml
 # The offline pipeline: base -> SFT -> DPO on a tiny OLMoE, report in runs/demo/report.md (replaces runs/demo).
 demo: $(STAMP)
 	$(OFFLINE) $(VENV)/bin/adapt demo --output runs/demo --overwrite
+
+# The demo's base, SFT and DPO models on the olmoe-paper suite (5 items per benchmark, local data), then the report.
+DATA ?= ../shared/data
+demo-eval: $(STAMP)
+	for m in base sft dpo; do $(OFFLINE) $(VENV)/bin/adapt eval --model runs/demo/$$m --limit 5 --data-dir $(DATA) || exit 1; done
+	$(VENV)/bin/adapt report runs/demo/base/eval/olmoe-paper runs/demo/sft/eval/olmoe-paper \
+		runs/demo/dpo/eval/olmoe-paper --names base,sft,dpo --output runs/demo/eval-report
 
 # The whole suite, slow tests included (the demo's learning checks).
 test: $(STAMP)
