@@ -45,3 +45,13 @@ def local_dataset(path: str | Path, split: str, **kwargs) -> dict[str, Any]:
 def score(value, stderr=None, **extra) -> dict[str, Any]:
     """One metric of a summary; lm-eval reports a missing standard error as the string "N/A"."""
     return {"value": value, "stderr": stderr if isinstance(stderr, (int, float)) else None, **extra}
+
+
+def chat_generation_task(name: str, prompt_field: str, target: str, max_gen_toks: int, process_results,
+                         metrics: list[dict], **dataset) -> dict[str, Any]:
+    """A 0-shot task whose prompt is one field of the item and whose answer runs to the end of the model's turn
+    (no stop strings: lm-eval's default "\n\n" would keep only a chat answer's first paragraph)."""
+    return {"task": name, "output_type": "generate_until", **dataset,
+            "doc_to_text": lambda doc: doc[prompt_field], "doc_to_target": target,
+            "generation_kwargs": {"until": [], "do_sample": False, "temperature": 0.0, "max_gen_toks": max_gen_toks},
+            "process_results": process_results, "metric_list": metrics, "metadata": {"version": 1.0}}

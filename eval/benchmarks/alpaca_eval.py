@@ -30,7 +30,7 @@ import math
 import re
 from typing import Any, Iterable
 
-from adapt.eval.benchmarks import local_dataset
+from adapt.eval.benchmarks import chat_generation_task, local_dataset
 
 HUB_FILE = "https://huggingface.co/datasets/tatsu-lab/alpaca_eval/resolve/main/alpaca_eval.json"
 JUDGE_MAX_TOKENS = 100
@@ -150,16 +150,9 @@ def task_config(name: str, data: str | None, settings: dict[str, Any]) -> dict[s
     if judge:
         metrics = [{"metric": "win_rate", "aggregation": "mean", "higher_is_better": True},
                    {"metric": "judge_unparsed", "aggregation": "mean", "higher_is_better": False}] + metrics
-    config = {
-        "task": name, "output_type": "generate_until",
-        "dataset_path": "json", "dataset_name": None, "dataset_kwargs": {"data_files": {"eval": HUB_FILE}},
-        "test_split": "eval",
-        "doc_to_text": lambda doc: doc["instruction"], "doc_to_target": "output",
-        # no stop strings: an answer runs to EOS (lm-eval's default "\n\n" would keep only its first paragraph)
-        "generation_kwargs": {"until": [], "do_sample": False, "temperature": 0.0,
-                              "max_gen_toks": settings.get("max_gen_toks", 512)},
-        "process_results": _process_results(judge), "metric_list": metrics, "metadata": {"version": 1.0},
-    }
+    config = chat_generation_task(
+        name, "instruction", "output", settings.get("max_gen_toks", 512), _process_results(judge), metrics,
+        dataset_path="json", dataset_name=None, dataset_kwargs={"data_files": {"eval": HUB_FILE}}, test_split="eval")
     if data:
         config.update(local_dataset(data, "eval"))
     return config

@@ -29,7 +29,7 @@ import re
 from collections import Counter
 from typing import Any, Iterable
 
-from adapt.eval.benchmarks import local_dataset
+from adapt.eval.benchmarks import chat_generation_task, local_dataset
 
 HUB = "Paul/XSTest"
 CLASSES = ("1_full_compliance", "2_full_refusal", "3_partial_refusal")
@@ -164,15 +164,8 @@ def task_config(name: str, data: str | None, settings: dict[str, Any]) -> dict[s
                {"metric": "refusal_rate_unsafe", "aggregation": "mean", "higher_is_better": True}]
     if judge:
         metrics.append({"metric": "f1_strmatch", "aggregation": "f1", "higher_is_better": True})
-    config = {
-        "task": name, "output_type": "generate_until",
-        "dataset_path": HUB, "test_split": "train",
-        "doc_to_text": lambda doc: doc["prompt"], "doc_to_target": "label",
-        # no stop strings: a chat answer runs to EOS (lm-eval's default "\n\n" would cut it at its first paragraph)
-        "generation_kwargs": {"until": [], "do_sample": False, "temperature": 0.0,
-                              "max_gen_toks": settings.get("max_gen_toks", 512)},
-        "process_results": _process_results(judge), "metric_list": metrics, "metadata": {"version": 2.0},
-    }
+    config = chat_generation_task(name, "prompt", "label", settings.get("max_gen_toks", 512),
+                                  _process_results(judge), metrics, dataset_path=HUB, test_split="train")
     if data:
         config.update(local_dataset(data, "test"))
     return config
