@@ -46,7 +46,8 @@ def test_olmoe_recipes_carry_the_published_hyperparameters():
     assert dpo.data.sources[0].hub == "argilla/ultrafeedback-binarized-preferences-cleaned"
     for c in (sft, dpo):
         assert (c.router.load_balancing_weight, c.router.z_loss_weight) == (0.01, 0.001)
-        assert c.bf16 and c.lr_scheduler_type.value == "linear" and c.deepspeed.endswith("zero3.json")
+        assert c.bf16 and c.lr_scheduler_type.value == "linear" and c.parallel.deepspeed == "zero3"
+        assert c.deepspeed["zero_optimization"]["stage"] == 3 and "expert_parallel" not in c.deepspeed
 
 
 def _error(path, *overrides, **kw) -> str:
