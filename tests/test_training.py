@@ -127,3 +127,26 @@ def test_a_second_run_never_replaces_the_first(sft_run, tmp_path):
     with pytest.raises(RecipeError, match="already holds a run"):
         load_recipe(folder / "recipe.yaml")
     assert (folder / "model.safetensors").read_bytes() == weights
+
+
+def test_dpo_reference_log_probs_are_computed_once_and_reused(tmp_path, sft_run, monkeypatch):
+    """`training.precompute_ref_log_probs`: TRL caches the reference log-probs beside the tokenized mixture, keyed by
+    the data's and the reference model's fingerprints; a second run never runs the reference model."""
+    from adapt.trainers import AdaptDPOTrainer
+
+    folder, _ = sft_run
+    plain = dpo_config(tmp_path, folder, name="plain", steps=1)
+    dpo.run(plain)
+    cached = dpo_config(tmp_path, folder, name="cached", steps=1)
+    cached.precompute_ref_log_probs = True
+    dpo.run(cached)
+    assert metrics(tmp_path / "cached")[0]["loss"] == pytest.approx(metrics(tmp_path / "plain")[0]["loss"], rel=1e-5)
+
+    def no_reference_forward(*args, **kwargs):
+        raise AssertionError("the reference log-probs were computed again")
+
+    monkeypatch.setattr(AdaptDPOTrainer, "compute_ref_log_probs", no_reference_forward)
+    again = dpo_config(tmp_path, folder, name="again", steps=1)
+    again.precompute_ref_log_probs = True
+    dpo.run(again)
+    assert metrics(tmp_path / "again")[0]["loss"] == pytest.approx(metrics(tmp_path / "cached")[0]["loss"], rel=1e-6)
