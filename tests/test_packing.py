@@ -33,7 +33,7 @@ def test_packed_loss_equals_padded_loss(tmp_path, demo_tokenizer):
         trainer.model.train()
         loss = trainer.compute_loss(trainer.model, dict(batch)).item()
         stats = trainer._stats
-        results[name] = (batch, loss, trainer._router_metrics["train:z_loss"][-1], stats)
+        results[name] = (batch, loss, trainer._router_metrics["train:z_loss"][-1].item(), stats)
     padded_batch, packed_batch = results["padded"][0], results["packed"][0]
     assert "attention_mask" in padded_batch and (padded_batch["attention_mask"] == 0).any()  # really padded
     assert packed_batch["input_ids"].shape[0] == 1 and "position_ids" in packed_batch  # really one packed row

@@ -90,7 +90,7 @@ def test_z_loss_is_added_to_the_training_loss(tmp_path):
     model.train()
     torch.manual_seed(0)
     with_z = trainer.compute_loss(model, dict(batch)).item()
-    z = trainer._router_metrics["train:z_loss"][-1]
+    z = trainer._router_metrics["train:z_loss"][-1].item()
     trainer.router.z_loss_weight = 0.0
     without_z = trainer.compute_loss(model, dict(batch)).item()
     assert with_z - without_z == pytest.approx(0.5 * z, rel=1e-4)

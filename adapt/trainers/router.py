@@ -85,11 +85,13 @@ class RouterLossMixin:
 
     @torch.no_grad()
     def _record_router_metrics(self, router_logits, token_mask_T, z_loss) -> None:
+        # Kept as device tensors and reduced only when logged: an `.item()` or a gather here would stall the GPU on
+        # every micro-step.
         mode = "train" if self.model.training else "eval"
-        self._router_metrics[mode + ":z_loss"].append(self.accelerator.gather_for_metrics(z_loss.detach()).mean().item())
+        self._router_metrics[mode + ":z_loss"].append(z_loss.detach().float())
         if not self.aux_loss_enabled:  # TRL logs `aux_loss` only when it weights it; keep the curve for ablations
             lb = load_balancing_loss(router_logits, self._num_experts, self._top_k, token_mask_T)
-            self._router_metrics[mode + ":aux_loss"].append(self.accelerator.gather_for_metrics(lb).mean().item())
+            self._router_metrics[mode + ":aux_loss"].append(lb.detach().float())
         if self.router.log_stats and mode == "train":
             stats = router_stats(router_logits, self._top_k, token_mask_T)
             self._stats = stats if self._stats is None else self._stats + stats
@@ -98,9 +100,9 @@ class RouterLossMixin:
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
         prefix = "eval_" if mode == "eval" else ""
-        for key in [k for k in self._router_metrics if k.startswith(mode + ":")]:
-            values = self._router_metrics.pop(key)
-            logs[prefix + key.split(":", 1)[1]] = sum(values) / len(values)
+        for key in sorted(k for k in self._router_metrics if k.startswith(mode + ":")):  # same order on every rank
+            local_mean = torch.stack(self._router_metrics.pop(key)).mean()
+            logs[prefix + key.split(":", 1)[1]] = self.accelerator.gather_for_metrics(local_mean).mean().item()
         if mode == "train" and self._stats is not None:
             logs.update(self._flush_router_stats())
         super().log(logs, start_time)

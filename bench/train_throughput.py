@@ -1,0 +1,201 @@
+"""Training-step throughput of OLMoE: stock transformers (grouped_mm and eager experts), stock TRL, and the toolkit's
+trainers, measured in one run on one device with random weights and random tokens.
+
+    python bench/train_throughput.py --shape olmoe-1b-7b --seq 4096            # on a GPU (the issue's setting)
+    python bench/train_throughput.py --shape tiny --seq 256 --steps 3          # anywhere, to check the harness
+
+Each path runs `--warmup` steps, then `--steps` timed optimizer steps (forward, backward, optimizer; gradient
+accumulation amortised; router load-balancing loss on everywhere, z-loss on in the toolkit's paths). Reported:
+tokens/s, model FLOP utilisation against the device's bf16 dense peak (GPU only), peak memory. The table is printed
+last; `--json` writes it with the device, versions and command. Speed claims are ratios to `stock-grouped_mm`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+SHAPES = {  # OlmoeConfig's defaults are OLMoE-1B-7B's shapes
+    "olmoe-1b-7b": {},
+    "tiny": dict(vocab_size=1024, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=4, num_experts=8, num_experts_per_tok=2),
+}
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def make_model(shape: str, experts_implementation: str, device: torch.device, dtype: torch.dtype):
+    from transformers import OlmoeConfig, OlmoeForCausalLM
+
+    torch.manual_seed(0)
+    config = OlmoeConfig(**SHAPES[shape], output_router_logits=True, pad_token_id=1, eos_token_id=0)
+    model = OlmoeForCausalLM._from_config(config, experts_implementation=experts_implementation, dtype=dtype)
+    return model.to(device)
+
+
+def flops_per_token(model, seq: int) -> float:
+    """6 x active parameters (top-k of the experts, LM head included, embeddings excluded) + causal attention."""
+    c = model.config
+    expert = 3 * c.hidden_size * c.intermediate_size
+    dense = sum(p.numel() for n, p in model.named_parameters() if "experts" not in n and "embed_tokens" not in n)
+    active = dense + c.num_hidden_layers * c.num_experts_per_tok * expert
+    return 6 * active + 6 * c.num_hidden_layers * c.hidden_size * seq  # 12·L·H·S halved for the causal mask
+
+
+def stock_step_time(args, impl: str, device, dtype) -> float:
+    """transformers alone: forward with labels (aux loss included), backward, AdamW; seconds per optimizer step."""
+    model = make_model(args.shape, impl, device, dtype).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
+    vocab = model.config.vocab_size
+    batch = torch.randint(2, vocab, (args.batch, args.seq), device=device)
+    times = []
+    for step in range(args.warmup + args.steps):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(args.grad_accum):
+            loss = model(input_ids=batch, labels=batch).loss / args.grad_accum
+            loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync(device)
+        times.append(time.perf_counter() - start)
+    del model, optimizer
+    return sum(times[args.warmup:]) / args.steps
+
+
+class StepTimer:
+    """A TrainerCallback that records each optimizer step's wall time."""
+
+    def __new__(cls):
+        from transformers import TrainerCallback
+
+        class _Timer(TrainerCallback):
+            def __init__(self):
+                self.times, self._start = [], None
+
+            def on_step_begin(self, args, state, control, **kwargs):
+                sync(torch.device(args.device))
+                self._start = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                sync(torch.device(args.device))
+                self.times.append(time.perf_counter() - self._start)
+
+        return _Timer()
+
+
+def trainer_step_time(args, kind: str, toolkit: bool, device, dtype) -> float:
+    from datasets import Dataset
+    from trl import DPOTrainer, SFTTrainer
+
+    from adapt.config.configs import AdaptDPOConfig, AdaptSFTConfig
+    from adapt.data.tokenizer import build_demo_tokenizer
+    from adapt.trainers import AdaptDPOTrainer, AdaptSFTTrainer
+
+    tokenizer = build_demo_tokenizer()  # the rows are token ids already; the trainers want pad/eos ids only
+    model = make_model(args.shape, "grouped_mm", device, dtype)
+    vocab, n_rows = model.config.vocab_size, args.batch * args.grad_accum * (args.warmup + args.steps)
+    g = torch.Generator().manual_seed(0)
+    common = dict(per_device_train_batch_size=args.batch, gradient_accumulation_steps=args.grad_accum,
+                  max_steps=args.warmup + args.steps, learning_rate=1e-5, logging_steps=10_000, save_strategy="no",
+                  report_to=[], bf16=dtype == torch.bfloat16, use_cpu=device.type == "cpu", disable_tqdm=True,
+                  dataloader_num_workers=0, max_length=args.seq)
+    timer = StepTimer()
+    with tempfile.TemporaryDirectory() as out:
+        if kind == "sft":
+            rows = [{"input_ids": torch.randint(2, vocab, (args.seq,), generator=g).tolist()} for _ in range(n_rows)]
+            rows = [{**r, "labels": r["input_ids"]} for r in rows]
+            # the toolkit's config (router section: load balancing 0.01, z-loss 0.001) serves both; TRL ignores it
+            config = AdaptSFTConfig(output_dir=out, dataset_kwargs={"skip_prepare_dataset": True}, stage="sft",
+                                    router_aux_loss_coef=0.01, **common)
+            cls = AdaptSFTTrainer if toolkit else SFTTrainer
+            trainer = cls(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                          callbacks=[timer])
+        else:
+            half = args.seq // 2
+            rows = [{k: torch.randint(2, vocab, (half,), generator=g).tolist()
+                     for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for _ in range(n_rows)]
+            config = AdaptDPOConfig(output_dir=out, stage="dpo", router_aux_loss_coef=0.01, **common)
+            reference = make_model(args.shape, "grouped_mm", device, dtype).eval().requires_grad_(False)
+            cls = AdaptDPOTrainer if toolkit else type("StockDPOTrainer", (DPOTrainer,), {
+                # stock TRL, fed the same token ids: only dataset preparation (untimed) is bypassed
+                "_prepare_dataset": lambda self, dataset, *a, **k: dataset})
+            trainer = cls(model=model, ref_model=reference, args=config, train_dataset=Dataset.from_list(rows),
+                          processing_class=tokenizer, callbacks=[timer])
+        trainer.train()
+    del trainer, model
+    return sum(timer.times[args.warmup:]) / args.steps
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(args, name: str, device, dtype) -> dict:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    if name.startswith("stock-"):
+        seconds = stock_step_time(args, name.split("-", 1)[1], device, dtype)
+    else:
+        toolkit, kind = name.split("-")[0] == "adapt", name.split("-")[1]
+        seconds = trainer_step_time(args, kind, toolkit, device, dtype)
+    tokens = args.batch * args.grad_accum * args.seq * (2 if name.endswith("dpo") else 1)  # DPO: chosen + rejected
+    row = {"path": name, "step_s": round(seconds, 4), "tokens_per_s": round(tokens / seconds, 1)}
+    if device.type == "cuda":
+        row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--paths", default="stock-grouped_mm,stock-eager,trl-sft,adapt-sft,trl-dpo,adapt-dpo")
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    rows = [measure(args, name, device, dtype) for name in args.paths.split(",")]
+
+    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
+    peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    per_token = flops_per_token(make_model(args.shape, "grouped_mm", torch.device("meta"), dtype), args.seq)
+    base = next((r["tokens_per_s"] for r in rows if r["path"] == "stock-grouped_mm"), None)
+    for r in rows:
+        r["mfu_pct"] = round(100 * r["tokens_per_s"] * per_token / (peak * 1e12), 1) if peak else None
+        r["vs_stock_grouped_mm"] = round(r["tokens_per_s"] / base, 2) if base else None
+    import transformers
+    import trl
+
+    header = {"device": name, "device_type": device.type, "dtype": str(dtype), "shape": args.shape, "seq": args.seq,
+              "batch": args.batch, "grad_accum": args.grad_accum, "python": platform.python_version(),
+              "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                           "trl": trl.__version__},
+              "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])}
+    print(json.dumps(header, indent=2))
+    print(f"\n{'path':<20}{'step s':>10}{'tokens/s':>12}{'MFU %':>8}{'peak GiB':>10}{'vs stock':>10}")
+    for r in rows:
+        print(f"{r['path']:<20}{r['step_s']:>10.4f}{r['tokens_per_s']:>12.1f}{str(r['mfu_pct']):>8}"
+              f"{str(r.get('peak_mem_gib', 'n/a')):>10}{str(r['vs_stock_grouped_mm']):>10}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({**header, "results": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
