@@ -17,6 +17,7 @@ commands:
   eval score --task T --predictions FILE                  re-score stored completions without a model
   report  RESULTS.json ... [--names a,b] [--output DIR]   compare runs beside the paper (md, html, png)
   demo    [--output runs/demo] [--overwrite]              the offline base -> SFT -> DPO pipeline with a report
+  push    RUN_DIR --repo-id ORG/NAME [--private] [--revision B] [--dry-run OUT] [--force]   publish to the Hub
 
 `adapt <command> --help` for a command's options.
 """
@@ -77,6 +78,8 @@ def main(argv=None) -> None:
         from adapt.eval.cli import run_eval as run
     elif command == "report":
         from adapt.eval.cli import run_report as run
+    elif command == "push":
+        from adapt.hub.push import main as run
     elif command == "check":
         run = _check
     elif command == "data":

@@ -104,9 +104,17 @@ class HubSection:
     """Push the stage's model folder to the Hugging Face Hub when it ends."""
 
     push: bool = False
-    repo_id: str | None = None
+    repo_id: str | None = None  # ORG/NAME
     private: bool = False
-    revision: str | None = None
+    revision: str | None = None  # a branch; created from main when missing
+    # model: the full model; adapter: a LoRA run's adapter as is; merged: the adapter merged into its base (PEFT);
+    # auto: adapter for a LoRA run (a folder with adapter_config.json), model otherwise.
+    what: Literal["auto", "model", "adapter", "merged"] = "auto"
+    license: str | None = None  # a Hub license id for the model card (apache-2.0, ...); unset: the card says so
+    max_shard_size: str = "5GB"  # a single weights file larger than this is split, as save_pretrained does
+    # Replace a repository (revision) that holds a different model (`adapt push --force`); the same model again
+    # (same weights fingerprint) is always allowed.
+    allow_overwrite: bool = False
 
 
 SECTION_TYPES = {

@@ -136,12 +136,16 @@ def prepare_model(model, config) -> None:
 def train_and_save(trainer, config, tokenizer, started: float, data_summary: dict | None = None):
     """The part every stage shares once its trainer is built: claim the run folder, train, save, push."""
     is_main = trainer.accelerator.is_main_process
+    if config.hub.push and is_main:  # a bad repo id or a missing token must not wait for the end of training
+        from adapt.hub.push import check_recipe_push
+
+        check_recipe_push(config.hub)
     start_run_dir(config, is_main)
     trainer.accelerator.wait_for_everyone()
     trainer.train(resume_from_checkpoint=resume_checkpoint(config))
     out = save_run(trainer, config, tokenizer, started, data_summary)
     if config.hub.push and is_main:
-        from adapt.hub.push import push_folder
+        from adapt.hub.push import push_from_recipe
 
-        push_folder(out, config.hub.repo_id, private=config.hub.private, revision=config.hub.revision)
+        push_from_recipe(out, config.hub)
     return trainer
