@@ -104,3 +104,14 @@ def test_adapt_data_prints_a_repeatable_summary(tmp_path):
     assert runs[0].stdout == runs[1].stdout
     summary = json.loads(runs[0].stdout)
     assert summary["train_rows"] == 30 and summary["sources"][0]["format"] == "messages"
+
+
+def test_parquet_rows_are_converted_and_bad_ones_named(tmp_path):
+    from datasets import Dataset
+
+    rows = [ROW, {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]}, ROW]
+    Dataset.from_list(rows).to_parquet(str(tmp_path / "train.parquet"))
+    with pytest.raises(DataError, match=r"train.parquet: row 2: empty assistant turn"):
+        load_training_data(section(tmp_path / "train.parquet"), "sft")
+    data = load_training_data(section(tmp_path / "train.parquet", on_bad_row="skip"), "sft")
+    assert len(data.train) == 2 and data.summary()["sources"][0]["dropped"] == {"empty assistant turn": 1}

@@ -64,14 +64,14 @@ class _BadLine:
         self.reason = reason
 
 
-def _read_local(path: str) -> list[Any]:
+def _read_local(path: str) -> list[Any] | Dataset:
     p = Path(path).expanduser()
     if not p.is_file():
         raise DataError(f"{path}: file not found")
     suffixes = [s for s in p.suffixes if s != ".gz"]
     kind = suffixes[-1] if suffixes else ""
     if kind == ".parquet":
-        return Dataset.from_parquet(str(p)).to_list()
+        return Dataset.from_parquet(str(p))  # arrow-backed; rows are read one at a time while converting
     opener = gzip.open if p.suffix == ".gz" else open
     try:
         with opener(p, "rt", encoding="utf-8") as f:
@@ -98,7 +98,7 @@ def _read_local(path: str) -> list[Any]:
     raise DataError(f"{path}: unsupported file type {''.join(p.suffixes)!r}; use .jsonl, .json, .csv or .parquet")
 
 
-def _raw_rows(src, stage: str, seed: int) -> tuple[str, list[Any]]:
+def _raw_rows(src, stage: str, seed: int) -> tuple[str, list[Any] | Dataset]:
     if src.task:
         from adapt.eval.tasks import get_task
 
@@ -110,14 +110,20 @@ def _raw_rows(src, stage: str, seed: int) -> tuple[str, list[Any]]:
     from datasets import load_dataset
 
     ds = load_dataset(src.hub, src.name, split=src.split, revision=src.revision)
-    return f"{src.hub}@{src.revision or 'main'}:{src.split}", ds.to_list()
+    # Kept as the memory-mapped dataset, not a list: the OLMoE mixture is 608k conversations, and only the
+    # converted rows need to live in Python at once.
+    return f"{src.hub}@{src.revision or 'main'}:{src.split}", ds
 
 
 # ---------------------------------------------------------------------------------------------------- converting
 
-def _convert(name: str, rows: list[Any], src, stage: str, on_bad_row: str) -> tuple[list[tuple[int, dict]], SourceSummary]:
+def _convert(name: str, rows: list[Any] | Dataset, src, stage: str,
+             on_bad_row: str) -> tuple[list[tuple[int, dict]], SourceSummary]:
     """Converted rows with their 1-based row numbers in the source, and the source's counts so far."""
-    first = next((r for r in rows if isinstance(r, dict)), None)
+    if isinstance(rows, Dataset):
+        first = rows[0] if len(rows) else None
+    else:
+        first = next((r for r in rows if isinstance(r, dict)), None)
     fmt = src.format or (detect_format(set(first), stage) if first else None)
     if fmt is None:
         found = ", ".join(sorted(first)) if first else "no rows"
