@@ -21,6 +21,9 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--max-length", type=int, help="context length for prompts (default: the model's)")
+    p.add_argument("--set", action="append", default=[], metavar="TASK.KEY=VALUE",
+                   help="change a suite setting, e.g. alpaca_eval.judge='{endpoint: https://host/v1, model: m, "
+                        "api_key_env: OPENAI_API_KEY}' or gsm8k.num_fewshot=5 (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace results of a different model in --output")
     return p
 
@@ -53,7 +56,7 @@ def run_eval(argv) -> None:
     from adapt.eval.suite import evaluate, load_suite
 
     try:
-        suite = load_suite(args.suite)
+        suite = load_suite(args.suite, args.set)
         tasks = args.tasks.split(",") if args.tasks else None
         if args.data_dir and not Path(args.data_dir).is_dir():
             raise ValueError(f"--data-dir {args.data_dir}: not a folder")

@@ -34,8 +34,9 @@ class Suite:
     path: str = ""
 
 
-def load_suite(ref: str) -> Suite:
-    """A suite by name (eval/suites/<name>.yaml) or by path."""
+def load_suite(ref: str, settings: list[str] | tuple[str, ...] = ()) -> Suite:
+    """A suite by name (eval/suites/<name>.yaml) or by path, with `TASK.KEY=VALUE` settings applied (the value is
+    YAML: `alpaca_eval.judge={endpoint: https://..., model: gpt-4o, api_key_env: OPENAI_API_KEY}`)."""
     path = Path(ref)
     if not path.is_file():
         shipped = resources.files("adapt.eval") / "suites" / f"{ref}.yaml"
@@ -45,11 +46,23 @@ def load_suite(ref: str) -> Suite:
             raise ValueError(f"--suite {ref}: no such suite file or shipped suite; shipped: {', '.join(known)}")
         path = Path(str(shipped))
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for item in settings:
+        _apply_setting(raw["tasks"], item)
     for name, task in raw["tasks"].items():
         if task.get("benchmark") not in benchmarks.NAMES:
             raise ValueError(f"{path}: tasks.{name}.benchmark: {task.get('benchmark')!r} is not one of "
                              f"{', '.join(benchmarks.NAMES)}")
     return Suite(raw["name"], raw["tasks"], raw.get("paper") or {}, raw.get("defaults") or {}, str(path))
+
+
+def _apply_setting(tasks: dict[str, dict], item: str) -> None:
+    key, sep, value = item.partition("=")
+    task, _, field = key.partition(".")
+    if not sep or not field:
+        raise ValueError(f"--set {item}: expected TASK.KEY=VALUE, e.g. gsm8k.max_gen_toks=1024")
+    if task not in tasks:
+        raise ValueError(f"--set {item}: no task {task!r} in the suite ({', '.join(tasks)})")
+    tasks[task][field] = yaml.safe_load(value)
 
 
 def task_configs(suite: Suite, task: str, data_dir: str | None) -> list[dict[str, Any]]:

@@ -154,3 +154,14 @@ def test_unknown_task_and_suite_are_named():
         load_suite("nope")
     with pytest.raises(ValueError, match="--tasks: arc"):
         evaluate("unused", "olmoe-paper", tasks=["arc"])
+
+
+def test_suite_settings_from_the_command_line():
+    suite = load_suite("olmoe-paper", ["alpaca_eval.judge={endpoint: http://127.0.0.1:9/v1, model: m}",
+                                       "gsm8k.num_fewshot=5"])
+    assert suite.tasks["alpaca_eval"]["judge"] == {"endpoint": "http://127.0.0.1:9/v1", "model": "m"}
+    assert suite.tasks["gsm8k"]["num_fewshot"] == 5
+    with pytest.raises(ValueError, match="no task 'gsm'"):
+        load_suite("olmoe-paper", ["gsm.num_fewshot=5"])
+    with pytest.raises(ValueError, match="expected TASK.KEY=VALUE"):
+        load_suite("olmoe-paper", ["gsm8k=5"])
