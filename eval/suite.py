@@ -158,17 +158,21 @@ def evaluate(model: str, suite: str | Suite = "olmoe-paper", tasks: list[str] | 
     started = time.time()
     inner = build_model(model, batch_size or suite.defaults.get("batch_size", 8), device, max_length)
     for task in tasks:
-        done = out / "tasks" / f"{task}.json"
-        if done.is_file() and json.loads(done.read_text())["limit"] == limit:
-            continue  # finished in an earlier, interrupted run
         spec = suite.tasks[task]
+        settings = json.loads(json.dumps({k: v for k, v in spec.items() if k != "local"}, default=str))
+        source = str(Path(data_dir) / spec["local"]) if data_dir else "hub"
+        done = out / "tasks" / f"{task}.json"
+        if done.is_file():
+            previous = json.loads(done.read_text())
+            if (previous["limit"], previous["settings"], previous["data"]["source"]) == (limit, settings, source):
+                continue  # finished in an earlier, interrupted run with the same settings and data
         configs = task_configs(suite, task, data_dir)
         lm = JournaledLM(inner, out / "journal" / f"{task}.jsonl")
         result = run_lmeval(lm, configs, limit)
         rows = sample_rows(task, spec.get("headline", ""), result["samples"])
         record = {"task": task, "limit": limit, "scores": summarize(suite, task, result["results"]),
-                  "settings": {k: v for k, v in spec.items() if k != "local"},
-                  "data": {"source": str(Path(data_dir) / spec["local"]) if data_dir else "hub",
+                  "settings": settings,
+                  "data": {"source": source,
                            "items": len(rows), "fingerprint": data_fingerprint(rows)},
                   "lm_eval": {k: {m: v for m, v in r.items() if isinstance(v, (int, float, str))}
                               for k, r in result["results"].items()}}

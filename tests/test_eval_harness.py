@@ -84,6 +84,9 @@ def test_a_finished_run_is_not_redone(run, model_dir, monkeypatch):
     monkeypatch.setattr(suite_module, "run_lmeval", no_model_calls)
     again = evaluate(str(model_dir), run.suite, limit=2, data_dir=run.data, output_dir=run.out)
     assert again["tasks"] == json.loads(json.dumps(run.results["tasks"], default=str))
+    changed = load_suite(run.suite, ["gsm8k.max_gen_toks=13"])  # other settings: that task runs again
+    with pytest.raises(AssertionError, match="already finished"):
+        evaluate(str(model_dir), changed, tasks=["gsm8k"], limit=2, data_dir=run.data, output_dir=run.out)
 
 
 class CountingLM:
