@@ -59,6 +59,7 @@ def main() -> None:
     from adapt.data.formats import converter
     from adapt.data.tokenize import SOURCE_COLUMN, pack, tokenize_mixture
     from adapt.data.tokenizer import tulu_template
+    from report import finish, record as run_record  # bench/report.py
 
     datasets.disable_caching()
     datasets.disable_progress_bars()
@@ -90,19 +91,14 @@ def main() -> None:
     t_trl = trl_prepare_seconds(converted, tokenizer, args)
     record("TRL SFTTrainer._prepare_dataset (same rows)", t_trl, len(tokenized), tokens)
 
-    header = {"device": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-              "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-              "versions": {"transformers": transformers.__version__, "trl": trl.__version__,
-                           "datasets": datasets.__version__, "tokenizers": __import__("tokenizers").__version__},
-              "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "data": args.data,
-              "packed_sequences": len(packed)}
-    print(json.dumps(header, indent=2))
-    print(f"\n{'stage':<46}{'seconds':>9}{'rows':>7}{'tokens':>9}{'rows/s':>10}{'tokens/s':>12}")
-    for r in results:
-        print(f"{r['stage']:<46}{r['seconds']:>9.3f}{r['rows']:>7}{r['tokens']:>9}{r['rows_per_s']:>10.1f}"
-              f"{r['tokens_per_s']:>12.0f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({**header, "results": results}, indent=2) + "\n")
+    header = run_record(device=platform.processor() or platform.machine(), cpus=os.cpu_count(),
+                        torch_threads=torch.get_num_threads(),
+                    versions={"transformers": transformers.__version__, "trl": trl.__version__,
+                              "datasets": datasets.__version__, "tokenizers": __import__("tokenizers").__version__},
+                    data=args.data, packed_sequences=len(packed))
+    finish(header, results, [("stage", "stage", ""), ("seconds", "seconds", ".3f"), ("rows", "rows", "d"),
+                             ("tokens", "tokens", "d"), ("rows_per_s", "rows/s", ".1f"),
+                             ("tokens_per_s", "tokens/s", ".0f")], args.json)
 
 
 def trl_prepare_seconds(converted, tokenizer, args) -> float:

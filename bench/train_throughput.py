@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -183,19 +181,15 @@ def main() -> None:
     import transformers
     import trl
 
-    header = {"device": name, "device_type": device.type, "dtype": str(dtype), "shape": args.shape, "seq": args.seq,
-              "batch": args.batch, "grad_accum": args.grad_accum, "python": platform.python_version(),
-              "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                           "trl": trl.__version__},
-              "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])}
-    print(json.dumps(header, indent=2))
-    print(f"\n{'path':<20}{'step s':>10}{'tokens/s':>12}{'MFU %':>8}{'peak GiB':>10}{'vs stock':>10}")
-    for r in rows:
-        print(f"{r['path']:<20}{r['step_s']:>10.4f}{r['tokens_per_s']:>12.1f}{str(r['mfu_pct']):>8}"
-              f"{str(r.get('peak_mem_gib', 'n/a')):>10}{str(r['vs_stock_grouped_mm']):>10}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({**header, "results": rows}, indent=2) + "\n")
+    from report import finish, record  # bench/report.py
 
+    header = record(device=name, device_type=device.type, dtype=str(dtype), shape=args.shape, seq=args.seq,
+                    batch=args.batch, grad_accum=args.grad_accum,
+                    versions={"torch": torch.__version__, "transformers": transformers.__version__,
+                              "trl": trl.__version__})
+    finish(header, rows, [("path", "path", ""), ("step_s", "step s", ".4f"), ("tokens_per_s", "tokens/s", ".1f"),
+                          ("mfu_pct", "MFU %", ".1f"), ("peak_mem_gib", "peak GiB", ".2f"),
+                          ("vs_stock_grouped_mm", "vs stock", ".2f")], args.json)
 
 if __name__ == "__main__":
     main()

@@ -82,7 +82,7 @@ READERS = {
 HUB_BENCHMARKS = {
     "gsm8k": ("openai/gsm8k", "main", "test", "question"),
     "mmlu": ("cais/mmlu", "all", "test", "question"),
-    "bbh": ("lukaemon/bbh", None, "test", "input"),
+    "bbh": ("SaylorTwift/bbh", None, "test", "input"),  # lm-eval's copy, the one `adapt eval` scores
     "humaneval": ("openai/openai_humaneval", None, "test", "prompt"),
     "mbpp": ("google-research-datasets/mbpp", "full", "test", "text"),
     "ifeval": ("google/IFEval", None, "train", "prompt"),

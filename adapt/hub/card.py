@@ -15,13 +15,12 @@ from pathlib import Path
 
 import yaml
 
+from adapt.data.decontam import HUB_BENCHMARKS
 from adapt.hub import sections
 from adapt.hub.curves import plot_curves, read_metrics, series
 
-# The Hub datasets the olmoe-paper suite's benchmarks come from (eval/benchmarks), for model-index.
-BENCHMARK_DATASETS = {"mmlu": "cais/mmlu", "gsm8k": "openai/gsm8k", "bbh": "SaylorTwift/bbh",
-                      "humaneval": "openai/openai_humaneval", "mbpp": "google-research-datasets/mbpp",
-                      "alpaca_eval": "tatsu-lab/alpaca_eval", "xstest": "Paul/XSTest", "ifeval": "google/IFEval"}
+# The Hub datasets the benchmarks come from, for model-index: the same table decontamination reads them by.
+BENCHMARK_DATASETS = {name: spec[0] for name, spec in HUB_BENCHMARKS.items()}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 NO_EVAL = ("No evaluation was run on this model: the run folder holds no `eval/<suite>/results.json`. Scores appear "
            "here, beside the OLMoE paper's, after `adapt eval --model {run}` and a new `adapt push`.")
