@@ -174,8 +174,10 @@ def test_expert_parallel_resume_continues_the_same_trajectory(tmp_path):
 
 
 @pytest.mark.multiprocess
-def test_zero3_without_expert_parallelism_does_not_hang(tmp_path):
+def test_zero3_without_expert_parallelism_runs_the_fused_experts(tmp_path):
+    # ZeRO-3 gathers the expert weights around the experts' forward, whichever implementation it runs
     accelerate_launch("sft", REPO / "recipes/demo/sft.yaml", "parallel.deepspeed=zero3", "training.max_steps=2",
+                      "model.experts_implementation=adapt_fused",
                       "training.logging_steps=1", "data.sources.0.rows=64", f"data.cache_dir={tmp_path / 'cache'}",
                       f"training.output_dir={tmp_path / 'z3'}", timeout=300)
     assert Path(tmp_path / "z3" / "model.safetensors").is_file()

@@ -237,6 +237,10 @@ def _check_contradictions(stage: str, s: dict[str, Any], training: dict[str, Any
     if problem:
         why, fix = problem.split("; ")
         raise RecipeError(file, "parallel.expert_parallel_size", why, fix)
+    if parallel.expert_parallel_size > 1 and model.experts_implementation == "adapt_fused":
+        raise RecipeError(file, "model.experts_implementation",
+                          "adapt_fused cannot run under expert parallelism: AutoEP replaces the experts with its own "
+                          "grouped-GEMM layer", "use parallel.expert_parallel_size: 1, or drop adapt_fused")
     if parallel.expert_parallel_size > 1 and not parallel.deepspeed:
         raise RecipeError(file, "parallel.expert_parallel_size", "expert parallelism runs through DeepSpeed",
                           "also set `parallel.deepspeed` (e.g. zero2)")

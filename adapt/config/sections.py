@@ -29,7 +29,9 @@ class ModelSection:
     chat_template: Literal["tulu", "tokenizer"] = "tulu"
     # Prepend the BOS token to every example (open-instruct's `--add_bos`, used by the OLMoE recipe).
     add_bos: bool = False
-    experts_implementation: Literal["grouped_mm", "eager", "batched_mm"] | None = None
+    # How the experts run: transformers' `grouped_mm` (its default), `eager`, `batched_mm`, or the toolkit's
+    # `adapt_fused` (adapt/model/fused_experts.py: the same grouped GEMMs with the routing around them fused).
+    experts_implementation: Literal["grouped_mm", "eager", "batched_mm", "adapt_fused"] | None = None
     attn_implementation: str | None = None
     trust_remote_code: bool = False
     # Special tokens to set on the tokenizer, e.g. {pad_token: "<|padding|>"}; needed for a bare tokenizer.json file.

@@ -1,0 +1,44 @@
+"""The benchmark scripts keep running (at toy sizes here; their numbers are taken on the GPU, see bench/RESULTS.md)
+and record what they ran on."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+def run_bench(script, *args):
+    run = subprocess.run([sys.executable, str(REPO / "bench" / script), *args], cwd=REPO, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
+@pytest.mark.slow
+def test_train_throughput_runs_every_path_and_checks_the_fused_experts(tmp_path):
+    out = tmp_path / "train.json"
+    run_bench("train_throughput.py", "--shape", "tiny", "--seq", "64", "--steps", "1", "--warmup", "0",
+              "--json", str(out))
+    result = json.loads(out.read_text())
+    assert {"device", "versions", "command", "optimizer"} <= result.keys()
+    paths = [r["path"] for r in result["results"]]
+    assert paths == ["stock-grouped_mm", "stock-eager", "stock-adapt_fused", "trl-sft", "adapt-sft", "trl-dpo",
+                     "adapt-dpo", "adapt-dpo-refcache"]
+    assert all(r["tokens_per_s"] > 0 for r in result["results"])
+    assert result["check"]["adapt_fused_rel_err"] < 1e-5  # float32 on the CPU: the same numbers
+
+
+@pytest.mark.slow
+def test_experts_memory_counts_less_saved_activation_for_the_fused_path(tmp_path):
+    out = tmp_path / "memory.json"
+    run_bench("experts_memory.py", "--tokens", "32", "--json", str(out))
+    rows = {r["experts"]: r for r in json.loads(out.read_text())["results"]}
+    # By hand: per token and layer the fused path keeps, for each of its K=8 rows, x (H=2048), [gate | up] (2I=2048)
+    # and the weighted activation (I=1024) in bf16, plus a few integers of routing bookkeeping.
+    by_hand = 8 * (2048 + 2048 + 1024) * 2
+    assert by_hand <= rows["adapt_fused"]["bytes_per_token_layer"] < 1.01 * by_hand
+    # stock also keeps the SwiGLU's temporaries and the down projection's output for the weighting
+    assert rows["grouped_mm"]["bytes_per_token_layer"] > by_hand + 8 * 2048 * 2
