@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import platform
 import tempfile
@@ -174,10 +175,10 @@ def check_fused_experts(shape: str, tokens: int, device, dtype) -> dict:
         config._experts_implementation = impl
         layer = OlmoeExperts(config).to(device, run_dtype)
         layer.load_state_dict(experts.state_dict())
-        xi, wi = x.to(run_dtype).requires_grad_(), weights.to(run_dtype).requires_grad_()
+        xi, wi = (t.to(run_dtype).detach().requires_grad_() for t in (x, weights))
         out = layer(xi, index, wi)
         out.backward(grad_out.to(run_dtype))
-        return [t.float() for t in (out, xi.grad, wi.grad, layer.gate_up_proj.grad, layer.down_proj.grad)]
+        return [t.detach().float() for t in (out, xi.grad, wi.grad, layer.gate_up_proj.grad, layer.down_proj.grad)]
 
     exact = run("grouped_mm", torch.float32)
     result = {}
@@ -219,12 +220,17 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--paths", default="stock-grouped_mm,stock-eager,stock-adapt_fused,trl-sft,adapt-sft,trl-dpo,"
                                       "adapt-dpo,adapt-dpo-refcache")
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], help="default: bfloat16 on a GPU, float32 on the CPU")
+    p.add_argument("--check-only", action="store_true", help="only the fused-experts check (runs on the CPU too)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     check = check_fused_experts(args.shape, args.batch * args.seq, device, dtype)
+    if args.check_only:
+        print(json.dumps({"device": str(device), "dtype": str(dtype), "tokens": args.batch * args.seq, **check}))
+        return
     rows = [measure(args, name, device, dtype) for name in args.paths.split(",")]
 
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
