@@ -19,8 +19,7 @@ SHAPE = dict(vocab_size=256, hidden_size=128, intermediate_size=96, num_hidden_l
              num_key_value_heads=4, num_experts=8, num_experts_per_tok=3, output_router_logits=True)
 
 
-def step(impl: str, dtype=torch.float32, attention_mask=None, **overrides):
-    """Loss, load-balancing loss and every gradient of one forward/backward of the same model and batch."""
+def model_for(impl: str, dtype=torch.float32, **overrides):
     model = tiny_olmoe(seed=0, **{**SHAPE, **overrides})
     for layer in model.model.layers:
         # Decisive routing: at init every router logit is near zero, so a float32 rounding difference can flip a
@@ -28,6 +27,12 @@ def step(impl: str, dtype=torch.float32, attention_mask=None, **overrides):
         layer.mlp.gate.weight.data.normal_(0, 1.0, generator=torch.Generator().manual_seed(3))
     model = model.to(dtype)
     model.set_experts_implementation(impl)
+    return model
+
+
+def step(impl: str, dtype=torch.float32, attention_mask=None, **overrides):
+    """Loss, load-balancing loss and every gradient of one forward/backward of the same model and batch."""
+    model = model_for(impl, dtype, **overrides)
     ids = torch.randint(2, 256, (2, 65), generator=torch.Generator().manual_seed(1))
     labels = ids if attention_mask is None else ids.masked_fill(attention_mask == 0, -100)
     out = model(input_ids=ids, labels=labels, attention_mask=attention_mask)
@@ -111,6 +116,23 @@ def test_layouts_it_does_not_cover_fall_back_to_grouped_mm(monkeypatch):
     assert len(calls) == 2  # both layers
     ref_loss, _, ref_grads = step("grouped_mm", hidden_act="gelu")
     assert loss.item() == ref_loss.item()
+
+
+def test_lora_on_the_experts_trains_the_same_adapters():
+    """PEFT's LoRA on the fused expert weights (`target_parameters`) sees the same forward and gradients."""
+    from peft import LoraConfig, get_peft_model
+
+    grads = {}
+    for impl in ("grouped_mm", "adapt_fused"):
+        torch.manual_seed(5)  # the same random (non-zero) adapter weights for both
+        model = get_peft_model(model_for(impl), LoraConfig(
+            r=4, lora_alpha=8, init_lora_weights=False,
+            target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]))
+        ids = torch.randint(2, 256, (2, 33), generator=torch.Generator().manual_seed(1))
+        model(input_ids=ids, labels=ids).loss.backward()
+        grads[impl] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert len(grads["adapt_fused"]) == 8  # A and B of both expert weights in both layers
+    assert all(rel_err(grads["adapt_fused"][n], grads["grouped_mm"][n]) < 1e-5 for n in grads["grouped_mm"])
 
 
 def test_the_implementation_is_not_written_into_saved_configs(tmp_path):
