@@ -192,6 +192,16 @@ src = torch.randn(12, 1030, generator=g)
 index = torch.randperm(12, generator=g).view(4, 3)
 assert torch.allclose(mk.gather_rows_sum(src, index), fx.gather_rows_sum_reference(src, index), atol=1e-5)
 assert mk.gather_rows_sum(src, index[:0]).shape == (0, 1030)
+# bf16 loads and stores: the interpreter's bf16 rounding differs from torch's, so agreement is to one bf16 step
+close = dict(rtol=2 ** -7, atol=2 ** -7)
+h, w, ga = h.bfloat16(), w.bfloat16(), ga.bfloat16()
+torch.testing.assert_close(mk.swiglu_weighted(h, w).float(), fx.swiglu_weighted_reference(h, w).float(), **close)
+for got, want in zip(mk.swiglu_weighted_backward(h, w, ga), fx.swiglu_weighted_backward_reference(h, w, ga)):
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.float(), **close)
+src = src.bfloat16()
+torch.testing.assert_close(mk.gather_rows_sum(src, index).float(), fx.gather_rows_sum_reference(src, index).float(),
+                           **close)
 print("kernels ok")
 """
 
