@@ -26,7 +26,7 @@ each other's adjoints, so one gather kernel serves both directions.
 
 Triton runs the two steps on CUDA tensors (and on the CPU under TRITON_INTERPRET=1, which is how the tests check
 the kernels); elsewhere the same autograd functions run the PyTorch reference below, so CPU training uses the same
-math. Expert layouts this path does not cover (biases, post-expert norms, non-SiLU or custom gates, interleaved
+math. `ADAPT_FUSED_KERNELS=torch` runs the reference on a GPU too, to tell a kernel problem from anything else. Expert layouts this path does not cover (biases, post-expert norms, non-SiLU or custom gates, interleaved
 gate/up weights, expert-parallel sentinels) fall back to transformers' grouped_mm, with one warning.
 """
 
