@@ -181,3 +181,4 @@ def test_zero3_without_expert_parallelism_runs_the_fused_experts(tmp_path):
                       "training.logging_steps=1", "data.sources.0.rows=64", f"data.cache_dir={tmp_path / 'cache'}",
                       f"training.output_dir={tmp_path / 'z3'}", timeout=300)
     assert Path(tmp_path / "z3" / "model.safetensors").is_file()
+    assert "experts_implementation: adapt_fused" in (tmp_path / "z3" / "recipe.yaml").read_text()
