@@ -79,10 +79,36 @@ def matches(value: Any, annotation: Any) -> bool:
 
 
 def coerce_scalar(value: Any, annotation: Any) -> Any:
-    """YAML 1.1 reads `2e-5` as a string; accept such numbers for float fields (and only for them)."""
+    """Numbers as the field wants them. YAML 1.1 reads `2e-5` as a string and `0` as an int; a float field takes
+    both as floats, because TRL's configs validate types strictly and reject an int where they declare a float."""
     if isinstance(value, str) and not matches(value, annotation) and matches(1.0, annotation):
         try:
             return float(value)
         except ValueError:
             return value
+    if isinstance(value, int) and not isinstance(value, bool) and not _admits_int(annotation) \
+            and matches(1.0, annotation):
+        return float(value)
+    if isinstance(value, list):  # list[float] fields (DPO's loss_weights): each element likewise
+        element = _list_element(annotation)
+        if element is not None:
+            return [coerce_scalar(v, element) for v in value]
     return value
+
+
+def _list_element(annotation: Any) -> Any:
+    """The element type of a list annotation (also inside `list[X] | None`), or None."""
+    if typing.get_origin(annotation) is list and typing.get_args(annotation):
+        return typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        found = [e for e in map(_list_element, typing.get_args(annotation)) if e is not None]
+        return found[0] if found else None
+    return None
+
+
+def _admits_int(annotation: Any) -> bool:
+    if annotation is int:
+        return True
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        return any(_admits_int(a) for a in typing.get_args(annotation))
+    return annotation is Any

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from trl import DPOConfig, SFTConfig
 
@@ -35,6 +35,12 @@ class _AdaptSections:
     hub: HubSection = field(default_factory=HubSection)
     # Replace an existing run folder at `output_dir`. Off by default: a run never silently overwrites another.
     overwrite: bool = False
+    # How the SFT loss is reduced (a `training:` key, the toolkit's own). `mean`: TRL's token mean over the global
+    # batch. `sum`: open-instruct's `--reduce_loss sum`, the published OLMoE SFT: each micro-batch's summed token
+    # cross-entropy, divided by the accumulation steps and averaged over ranks, so the gradient is the global batch's
+    # sum / (accumulation x processes); the router terms are added per micro-batch. DPO is a mean over pairs in
+    # both open-instruct and TRL, so `sum` is refused there.
+    loss_reduction: Literal["mean", "sum"] = field(default="mean", metadata={"training_key": True})
     # The file the recipe was read from (for messages and the resolved copy); not a recipe key.
     recipe_path: str | None = field(default=None, metadata={"recipe_key": False})
 
@@ -42,7 +48,8 @@ class _AdaptSections:
         """The TRL/transformers fields only, JSON-serialisable (enums as values, tokens hidden)."""
         from adapt.config.recipe import OWNED_TRAINING_KEYS  # set through the sections, so not repeated here
 
-        own = {f.name for f in dataclasses.fields(_AdaptSections)} | set(OWNED_TRAINING_KEYS)
+        own = {f.name for f in dataclasses.fields(_AdaptSections) if not f.metadata.get("training_key")}
+        own |= set(OWNED_TRAINING_KEYS)
         d = {k: v for k, v in super().to_dict().items() if k not in own}
         return {k: (None if k.endswith("_token") else v) for k, v in d.items()}
 
@@ -52,6 +59,21 @@ class _AdaptSections:
         for name in SECTION_TYPES:
             d[name] = dataclasses.asdict(getattr(self, name))
         return d
+
+    def router_loss_scale(self) -> list[str]:
+        """What each router weight multiplies, in words (the header of the run's recipe.yaml and the README)."""
+        lb, z = self.router.load_balancing_weight, self.router.z_loss_weight
+        if self.stage == "dpo":
+            main = "the micro-batch's DPO loss (a mean over its preference pairs), policy forward only"
+        elif self.loss_reduction == "sum":
+            main = ("the micro-batch's summed token cross-entropy (training.loss_reduction: sum; every micro-batch's "
+                    "total is then divided by the accumulation steps and averaged over processes)")
+        else:
+            main = ("the token-mean cross-entropy of the global batch (training.loss_reduction: mean), the router "
+                    "terms divided by the accumulation steps")
+        return [f"router.load_balancing_weight {lb} x the micro-batch's load-balancing loss (about top_k when "
+                f"balanced) and router.z_loss_weight {z} x its router z-loss (mean of logsumexp(router logits)^2), "
+                f"both added to {main}."]
 
     def resolved_recipe(self) -> dict[str, Any]:
         """The fully resolved recipe: every section and every training field, re-loadable by `load_recipe`."""

@@ -86,8 +86,11 @@ def build_config(raw: dict[str, Any], file: str | None = None, *, check_paths: b
         raise RecipeError(file, "overwrite", "must be true or false")
 
     sections = {name: _section(raw.get(name) or {}, cls, name, file) for name, cls in SECTION_TYPES.items()}
-    training = _training(raw.get("training") or {}, TRL_CONFIGS[recipe_stage], file)
+    training = _training(raw.get("training") or {}, TRL_CONFIGS[recipe_stage], STAGE_CONFIGS[recipe_stage], file)
     _check_contradictions(recipe_stage, sections, training, file)
+    _check_loss_reduction(recipe_stage, training, file)
+    if sections["data"].strip is None:  # open-instruct strips every message it renders with the tulu template
+        sections["data"].strip = sections["model"].chat_template == "tulu"
     if check_paths:
         _check_paths(sections, file)
     if check_paths and check_output and not training.get("resume_from_checkpoint"):
@@ -176,10 +179,14 @@ def _section(values: Any, cls, where: str, file: str | None):
     return cls(**out)
 
 
-def _training(values: Any, trl_cls, file: str | None) -> dict[str, Any]:
+def _training(values: Any, trl_cls, stage_cls, file: str | None) -> dict[str, Any]:
+    """The `training:` mapping: TRL's fields, plus the toolkit's own few (marked `training_key` in configs.py)."""
     if not isinstance(values, dict):
         raise RecipeError(file, "training", "must be a mapping of TRL config fields", "e.g. `learning_rate: 2e-5`")
     fields, hints = _fields(trl_cls), typing.get_type_hints(trl_cls)
+    own = {f.name: f for f in dataclasses.fields(stage_cls) if f.metadata.get("training_key")}
+    fields.update(own)
+    hints.update({name: typing.get_type_hints(stage_cls)[name] for name in own})
     out = {}
     for key, value in values.items():
         if key in OWNED_TRAINING_KEYS:
@@ -203,6 +210,13 @@ def _check_contradictions(stage: str, s: dict[str, Any], training: dict[str, Any
     if (model.name_or_path is None) == (model.config is None):
         raise RecipeError(file, "model", "give exactly one of `name_or_path` (load weights) or `config` (random init)",
                           "keep the one you mean")
+    if model.add_bos and model.chat_template != "tulu":
+        raise RecipeError(file, "model.add_bos", "prepends the BOS through the tulu template; with "
+                          "chat_template: tokenizer the tokenizer's own template decides the BOS",
+                          "use chat_template: tulu, or drop add_bos")
+    if data.train_assistant_newline and stage != "sft":
+        raise RecipeError(file, "data.train_assistant_newline", "is an SFT label setting: in DPO that token's "
+                          "log-prob is the same for chosen and rejected and cancels in the loss", "remove it")
     if model.config is not None and not model.tokenizer:
         raise RecipeError(file, "model.tokenizer", "a model built from `config` needs a tokenizer",
                           "set `model.tokenizer` to a Hub id, a folder or `builtin:<name>`")
@@ -246,6 +260,19 @@ def _check_contradictions(stage: str, s: dict[str, Any], training: dict[str, Any
                           "also set `parallel.deepspeed` (e.g. zero2)")
     if hub.push and not hub.repo_id:
         raise RecipeError(file, "hub.repo_id", "`hub.push` is on but no repository is named", "set `ORG/NAME`")
+
+
+def _check_loss_reduction(stage: str, training: dict[str, Any], file: str | None) -> None:
+    if training.get("loss_reduction", "mean") != "sum":
+        return
+    if stage != "sft":
+        raise RecipeError(file, "training.loss_reduction", "`sum` is an SFT setting: the DPO loss is a mean over "
+                          "preference pairs in open-instruct and TRL alike", "remove it (or use `mean`)")
+    if training.get("average_tokens_across_devices"):
+        raise RecipeError(file, "training.average_tokens_across_devices", "contradicts loss_reduction: sum (a summed "
+                          "loss is divided by no token count)", "remove it")
+    # TRL would otherwise multiply the summed loss by the number of processes (it expects a global token count).
+    training["average_tokens_across_devices"] = False
 
 
 def _looks_local(ref: str) -> bool:

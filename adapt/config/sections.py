@@ -27,7 +27,9 @@ class ModelSection:
     tokenizer: str | None = None
     # `tulu`: the open-instruct template OLMoE-Instruct was trained with; `tokenizer`: keep the tokenizer's own.
     chat_template: Literal["tulu", "tokenizer"] = "tulu"
-    # Prepend the BOS token to every example (open-instruct's `--add_bos`, used by the OLMoE recipe).
+    # Prepend the BOS token to every example (open-instruct's `--add_bos`, used by the OLMoE recipes). A tokenizer with
+    # no `bos_token` (OLMoE's) gets its EOS token as BOS, open-instruct's rule; the saved tokenizer keeps it, so
+    # evaluation prompts start the way training examples did.
     add_bos: bool = False
     # How the experts run: transformers' `grouped_mm` (its default), `eager`, `batched_mm`, or the toolkit's
     # `adapt_fused` (adapt/model/fused_experts.py: the same grouped GEMMs with the routing around them fused).
@@ -78,13 +80,27 @@ class DataSection:
     # Keep the tokenized mixture and reuse it while nothing that changes it changes (adapt/data/cache.py).
     cache: bool = True
     cache_dir: str | None = None  # default: $ADAPT_CACHE/data, else ~/.cache/adapt/data
+    # Strip leading and trailing whitespace from every message's content before the template renders it, as
+    # open-instruct does. Unset: on with the tulu template (OLMoE-Instruct's training), off with the tokenizer's own.
+    strip: bool | None = None
+    # Also train the last token of each assistant header (the `\n` after `<|assistant|>`). open-instruct with
+    # `--add_bos` trains it by accident (its label mask is computed on prefixes without the BOS, one token early), so
+    # the recipes that reproduce the published run turn this on; it is one trivially predictable token per turn.
+    train_assistant_newline: bool = False
 
 
 @dataclass
 class RouterSection:
-    """MoE router auxiliary losses, added to the SFT loss and to the DPO policy loss."""
+    """MoE router auxiliary losses, added to the SFT loss and to the DPO policy loss.
 
-    # Switch-style load-balancing loss (the model's own `load_balancing_loss_func`); OLMoE pretraining used 0.01.
+    Each weight multiplies its loss computed on one micro-batch, and the product is added to that micro-batch's main
+    loss, whose scale `training.loss_reduction` sets: with `mean` (TRL's) the main loss is a token mean over the
+    global batch, with `sum` (open-instruct's) the micro-batch's summed token cross-entropy, hundreds of times larger,
+    so the same weight is relatively hundreds of times weaker. recipes/olmoe-1b-7b/README.md gives the numbers.
+    """
+
+    # Switch-style load-balancing loss (the model's own `load_balancing_loss_func`, about top_k when balanced).
+    # OLMoE pretraining used 0.01 on a token-mean loss; the paper's adaptation ablation 0.001 on the summed loss.
     load_balancing_weight: float = 0.01
     # Router z-loss, mean over tokens of logsumexp(router logits)^2 averaged over layers; OLMoE pretraining used 0.001.
     z_loss_weight: float = 0.001

@@ -75,7 +75,7 @@ def _build(config, tokenizer, key: str, template: str | None) -> tuple[Dataset, 
     tokenized, token_stats = tokenize_mixture(
         rows, tokenizer, config.stage, max_length=config.max_length, over_length=data.over_length,
         assistant_only_loss=getattr(config, "assistant_only_loss", False), chat_template=template,
-        num_proc=config.dataset_num_proc)
+        strip=bool(data.strip), train_assistant_newline=data.train_assistant_newline, num_proc=config.dataset_num_proc)
     for summary, stats in zip(sources, token_stats):
         summary.dropped.update(stats["dropped"])
         summary.rows_kept = stats["rows"]

@@ -16,6 +16,15 @@ Over-length policy (`data.over_length`, the limit is `training.max_length`):
   dropped (TRL would drop it too, silently).
 - `drop`: a row (SFT) or pair (DPO: prompt + the longer answer) over max_length is dropped.
 Every drop and truncation is counted per source in the summary.
+
+Open-instruct's encoding, which the published OLMoE recipes reproduce (tests/test_fidelity.py checks it token by
+token against a reference encoder written from its description):
+- `strip`: every message's content is stripped before rendering (open-instruct strips each message and the whole
+  text; with the tulu template the text starts with a role tag and ends with EOS, so the latter changes nothing).
+- `train_assistant_newline`: the token before each assistant turn's content (the `\n` closing `<|assistant|>\n`)
+  is trained too. Open-instruct computes its label mask on prefixes tokenized without the BOS it prepends, so every
+  mask boundary lands one token early: that token is trained, and the `\n` after an assistant's EOS is not (the
+  template leaves it out of the generation marks already).
 """
 
 from __future__ import annotations
@@ -29,12 +38,21 @@ from trl.data_utils import common_prefix_length, pack_dataset
 SOURCE_COLUMN = "source_id"
 
 
+def stripped(messages: list[dict]) -> list[dict]:
+    return [{**m, "content": m["content"].strip()} for m in messages]
+
+
 def _sft_example(row: dict, tokenizer, assistant_only_loss: bool, chat_template: str | None, max_length: int | None,
-                 over_length: str) -> dict[str, Any]:
-    out = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True,
+                 over_length: str, strip: bool = False, train_assistant_newline: bool = False) -> dict[str, Any]:
+    messages = stripped(row["messages"]) if strip else row["messages"]
+    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
                                         return_assistant_tokens_mask=assistant_only_loss, chat_template=chat_template)
     ids = list(out["input_ids"])
-    mask = out.get("assistant_masks") if assistant_only_loss else None
+    mask = list(out["assistant_masks"]) if assistant_only_loss else None
+    if mask is not None and train_assistant_newline:  # the token before each assistant span starts it one early
+        starts = [i for i in range(1, len(mask)) if mask[i] and not mask[i - 1]]
+        for i in starts:
+            mask[i - 1] = 1
     labels = ids if mask is None else [t if m else -100 for t, m in zip(ids, mask)]
     length, verdict = len(ids), "kept"
     if max_length is not None and length > max_length:
@@ -49,8 +67,9 @@ def _sft_example(row: dict, tokenizer, assistant_only_loss: bool, chat_template:
             "n_trained": trained}
 
 
-def _dpo_example(row: dict, tokenizer, max_length: int | None, over_length: str) -> dict[str, Any]:
+def _dpo_example(row: dict, tokenizer, max_length: int | None, over_length: str, strip: bool = False) -> dict[str, Any]:
     def ids(messages, **kwargs):
+        messages = stripped(messages) if strip else messages
         return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)["input_ids"])
 
     prompt = ids(row["prompt"], add_generation_prompt=True)
@@ -81,16 +100,19 @@ def percentiles(lengths: list[int]) -> dict[str, int]:
 
 
 def tokenize_mixture(ds: Dataset, tokenizer, stage: str, *, max_length: int | None, over_length: str,
-                     assistant_only_loss: bool = False, chat_template: str | None = None, num_proc: int | None = None) -> tuple[Dataset, list[dict]]:
+                     assistant_only_loss: bool = False, chat_template: str | None = None, strip: bool = False,
+                     train_assistant_newline: bool = False,
+                     num_proc: int | None = None) -> tuple[Dataset, list[dict]]:
     """Tokenized rows (with `source_id` kept for splitting) and per-source token statistics, in source order.
 
     The stats list has one dict per source id: rows kept, drops by reason, truncated rows, tokens, trained tokens and
     length percentiles of the untruncated rows.
     """
     columns = [c for c in ds.column_names if c != SOURCE_COLUMN]
-    policy = {"max_length": max_length, "over_length": over_length}
+    policy = {"max_length": max_length, "over_length": over_length, "strip": strip}
     if stage == "sft":
-        fn, kwargs = _sft_example, {"assistant_only_loss": assistant_only_loss, "chat_template": chat_template}
+        fn, kwargs = _sft_example, {"assistant_only_loss": assistant_only_loss, "chat_template": chat_template,
+                                    "train_assistant_newline": train_assistant_newline}
     else:
         fn, kwargs = _dpo_example, {}
     ds = ds.map(fn, fn_kwargs={"tokenizer": tokenizer, **kwargs, **policy}, remove_columns=columns,

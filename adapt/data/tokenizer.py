@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from importlib import resources
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|padding|>"]
+log = logging.getLogger(__name__)
 
 
 def tulu_template(add_bos: bool = False) -> str:
@@ -38,6 +40,20 @@ def build_demo_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
 
 
 BUILTIN_TOKENIZERS = {"demo": build_demo_tokenizer}
+_ANNOUNCED: set[str] = set()
+
+
+def _eos_as_bos(tokenizer: PreTrainedTokenizerBase, ref: str) -> None:
+    """open-instruct's rule for `--add_bos` with a tokenizer that has no BOS (OLMoE's): use EOS as BOS. Without it
+    the template's `{{ bos_token }}` renders nothing and every example silently starts without a BOS."""
+    if tokenizer.eos_token is None:
+        raise ValueError(f"model.add_bos: {ref} has neither a BOS nor an EOS token; name one in "
+                         f"model.special_tokens (bos_token: ...)")
+    tokenizer.bos_token = tokenizer.eos_token
+    if ref not in _ANNOUNCED:
+        _ANNOUNCED.add(ref)
+        log.warning("model.add_bos: %s has no BOS token; using its EOS token %r (id %d) as BOS, as open-instruct "
+                    "does", ref, tokenizer.eos_token, tokenizer.eos_token_id)
 
 
 def load_tokenizer(model_section) -> PreTrainedTokenizerBase:
@@ -61,6 +77,8 @@ def load_tokenizer(model_section) -> PreTrainedTokenizerBase:
         if tokenizer.convert_tokens_to_ids(token) in (None, tokenizer.unk_token_id):
             raise ValueError(f"model.special_tokens.{role}: {token!r} is not in the tokenizer's vocabulary")
         setattr(tokenizer, role, token)
+    if model_section.add_bos and tokenizer.bos_token is None:
+        _eos_as_bos(tokenizer, ref)
     if model_section.chat_template == "tulu":
         tokenizer.chat_template = tulu_template(model_section.add_bos)
     elif not tokenizer.chat_template:

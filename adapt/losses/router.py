@@ -18,19 +18,21 @@ import torch
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
 
-def _flat_mask(token_mask_T: torch.Tensor | None, device) -> torch.Tensor | None:
-    return None if token_mask_T is None else token_mask_T.reshape(-1).to(device=device, dtype=torch.float32)
+def _flat_mask(token_mask_T: torch.Tensor | None, device, dtype=torch.float32) -> torch.Tensor | None:
+    return None if token_mask_T is None else token_mask_T.reshape(-1).to(device=device, dtype=dtype)
 
 
 def router_z_loss(router_logits: Sequence[torch.Tensor], token_mask_T: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over layers of the mean over real tokens of logsumexp(router logits)^2.
 
-    It keeps router logits small, which keeps the softmax (and bf16 routing) numerically stable. Computed in fp32.
+    It keeps router logits small, which keeps the softmax (and bf16 routing) numerically stable. Computed in at least
+    fp32 (bf16 logits are upcast; float64 ones stay float64).
     """
     per_layer = []
     for router_logits_TE in router_logits:
-        z_T = torch.logsumexp(router_logits_TE.float(), dim=-1).square()
-        mask_T = _flat_mask(token_mask_T, z_T.device)
+        dtype = torch.promote_types(router_logits_TE.dtype, torch.float32)
+        z_T = torch.logsumexp(router_logits_TE.to(dtype), dim=-1).square()
+        mask_T = _flat_mask(token_mask_T, z_T.device, z_T.dtype)
         if mask_T is None:
             per_layer.append(z_T.mean())
         else:

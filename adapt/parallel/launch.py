@@ -1,14 +1,17 @@
 """Launch-time setup that must happen before the training config is built.
 
 Without a GPU, torch.distributed needs the gloo backend. Plain data parallelism gets it from
-`training.ddp_backend=gloo`. Under DeepSpeed, transformers ignores `ddp_backend` and accelerate would start the
+`training.ddp_backend=gloo` with `training.use_cpu=true` (both are needed: see `launch_overrides`). Under DeepSpeed, transformers ignores `ddp_backend` and accelerate would start the
 process group with no backend, so every rank believes it is rank 0 of 1; the fix (GROUND-TRUTH.md) is to build
 accelerate's process state with gloo first and tell the Trainer to reuse it. On GPUs nothing is needed.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+
+log = logging.getLogger(__name__)
 
 
 def distributed_cpu() -> bool:
@@ -32,12 +35,23 @@ def launch_overrides(uses_deepspeed: bool, overrides: list[str]) -> list[str]:
     if uses_deepspeed:
         for name in ACCELERATE_DEEPSPEED_ENV:
             os.environ.pop(name, None)
-    if not distributed_cpu() or any(o.startswith("training.ddp_backend=") for o in overrides):
+    elif os.environ.pop("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        # An accelerate config with `distributed_type: DEEPSPEED` but a recipe without `parallel.deepspeed`: the
+        # recipe decides, so this is plain data parallelism, not a ZeRO stage made up from accelerate's defaults.
+        for name in ACCELERATE_DEEPSPEED_ENV:
+            os.environ.pop(name, None)
+        if int(os.environ.get("RANK", "0")) == 0:
+            log.warning("the accelerate config asks for DeepSpeed but the recipe sets no parallel.deepspeed: running "
+                        "plain data parallelism (set parallel.deepspeed, e.g. zero2, for ZeRO)")
+    if not distributed_cpu():
         return []
+    backend = [] if any(o.startswith("training.ddp_backend=") for o in overrides) else ["training.ddp_backend=gloo"]
     if not uses_deepspeed:
-        return ["training.ddp_backend=gloo"]
+        # Without `use_cpu`, accelerate finds no GPU behind LOCAL_RANK and settles on DistributedType.NO: every rank
+        # trains alone (no gradient all-reduce) while the Trainer still scales the loss for 2 processes.
+        return backend + ["training.use_cpu=true"]
     from accelerate import PartialState
 
     os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
     PartialState(backend="gloo")
-    return ["training.ddp_backend=gloo", "training.accelerator_config={use_configured_state: true}"]
+    return backend + ["training.accelerator_config={use_configured_state: true}"]

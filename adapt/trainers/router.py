@@ -6,9 +6,15 @@ per-layer router logits of the *policy* forward. TRL's fused LM-head forward dro
 so the mixin records them with a forward hook on the backbone (`model.base_model`, e.g. `OlmoeModel`), whose output
 still carries them together with the `attention_mask` that marks padding:
 
-    compute_loss ─┬─ super().compute_loss(...)      # TRL: main loss (+ load balancing)
+    compute_loss ─┬─ super().compute_loss(...)      # TRL: main loss (+ load balancing under `mean`)
                   │     └─ backbone forward ──hook──> captured (router_logits per layer, attention_mask)
-                  └─ + z_loss_weight * router_z_loss(captured)
+                  └─ + z_loss_weight * router_z_loss(captured)  (+ the load-balancing term under `sum`)
+
+`training.loss_reduction: sum` (SFT only) turns TRL's token mean into open-instruct's reduction: TRL is asked for
+the plain token sum (`num_items_in_batch=1`), both router terms are added to it per micro-batch, and the total is
+divided by the accumulation steps here (`loss_is_scaled_for_ga`), so the gradient DDP/ZeRO average over ranks is
+sum over the global batch / (accumulation x processes), the one `--reduce_loss sum` gives under DeepSpeed.
+tests/test_loss_reduction.py checks it against a hand-written reference under 2 processes.
 
 Only the first forward with router logits inside one `compute_loss` is kept: that is the policy forward in both
 SFT and DPO. A separate DPO reference model has no hook, and a PEFT reference (adapters disabled) runs after the
@@ -63,35 +69,53 @@ class RouterLossMixin:
 
     # ------------------------------------------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if not self._is_moe:
-            return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
-        inputs["output_router_logits"] = True  # also when the load-balancing weight is 0: the z-loss needs logits
-        self._captured = None
+        summed = getattr(self.args, "loss_reduction", "mean") == "sum"
+        if summed:
+            # TRL divides its token sum by `num_items_in_batch`; 1 keeps the sum (and under `sum` the recipe turns
+            # `average_tokens_across_devices` off, so TRL does not multiply it by the process count either).
+            num_items_in_batch = 1
+        if self._is_moe:
+            inputs["output_router_logits"] = True  # also when the weights are 0: the losses are still logged
+            self._captured = None
         result = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                       num_items_in_batch=num_items_in_batch)
-        captured, self._captured = self._captured, None
-        if captured is None:
-            return result
-        router_logits, attention_mask = captured
-        token_mask_T = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
-
-        z_loss = router_z_loss(router_logits, token_mask_T)
         loss = result[0] if return_outputs else result
-        if self.router.z_loss_weight:
-            loss = loss + self.router.z_loss_weight * z_loss / self._router_loss_divisor(num_items_in_batch)
-        self._record_router_metrics(router_logits, token_mask_T, z_loss)
+        captured, self._captured = self._captured, None
+        if captured is not None:
+            loss = loss + self._router_terms(*captured, summed=summed, num_items_in_batch=num_items_in_batch)
+        if summed and model.training:
+            # open-instruct under DeepSpeed: each micro-batch's total divided by the accumulation steps (DDP and ZeRO
+            # then average over ranks), so the step's gradient is sum over the global batch / (accum x processes).
+            loss = loss / self.current_gradient_accumulation_steps
         return (loss, result[1]) if return_outputs else loss
 
+    def _router_terms(self, router_logits, attention_mask, *, summed: bool, num_items_in_batch) -> torch.Tensor:
+        """The weighted router losses of one micro-batch, to add to its main loss.
+
+        `mean`: TRL has already added the load-balancing term; the z-loss is added the same way (divided by the
+        accumulation steps when TRL leaves accumulation to the loss). `sum`: both terms are added here, undivided,
+        to the micro-batch's summed loss, as open-instruct's load-balancing ablation added its aux loss.
+        """
+        token_mask_T = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+        z_loss = router_z_loss(router_logits, token_mask_T)
+        lb_loss = None
+        if summed or not self.aux_loss_enabled:
+            lb_loss = load_balancing_loss(router_logits, self._num_experts, self._top_k, token_mask_T)
+        if summed:
+            terms = self.router.load_balancing_weight * lb_loss + self.router.z_loss_weight * z_loss
+        else:
+            terms = self.router.z_loss_weight * z_loss / self._router_loss_divisor(num_items_in_batch)
+        self._record_router_metrics(router_logits, token_mask_T, z_loss, lb_loss)
+        return terms
+
     @torch.no_grad()
-    def _record_router_metrics(self, router_logits, token_mask_T, z_loss) -> None:
+    def _record_router_metrics(self, router_logits, token_mask_T, z_loss, lb_loss) -> None:
         # Kept as device tensors and reduced only when logged: an `.item()` or a gather here would stall the GPU on
         # every micro-step.
         mode = "train" if self.model.training else "eval"
         self._router_metrics[mode + ":z_loss"].append(z_loss.detach().float())
-        if not self.aux_loss_enabled:  # TRL logs `aux_loss` only when it weights it; keep the curve for ablations
-            lb = load_balancing_loss(router_logits, self._num_experts, self._top_k, token_mask_T)
-            self._router_metrics[mode + ":aux_loss"].append(lb.detach().float())
+        if lb_loss is not None:  # TRL logs `aux_loss` only when it adds it itself; keep the curve in every setting
+            self._router_metrics[mode + ":aux_loss"].append(lb_loss.detach().float())
         if self.router.log_stats and mode == "train":
             stats = router_stats(router_logits, self._top_k, token_mask_T)
             self._stats = stats if self._stats is None else self._stats + stats

@@ -22,6 +22,11 @@ class AdaptSFTTrainer(ConvertingCheckpointMixin, RouterLossMixin, SFTTrainer):
         finally:
             if pretokenized:
                 config.assistant_only_loss = True
+        if self.args.loss_reduction == "sum":
+            # compute_loss (RouterLossMixin) returns each micro-batch's sum already divided for accumulation, with
+            # the load-balancing term added there per micro-batch instead of by TRL.
+            self.loss_is_scaled_for_ga = True
+            self.aux_loss_enabled = False
 
     def _router_loss_divisor(self, num_items_in_batch) -> int:
         # Mirrors SFTTrainer.compute_loss: with `num_items_in_batch` the trainer leaves gradient accumulation to the
