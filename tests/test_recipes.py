@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -34,20 +33,6 @@ def test_every_recipe_validates(path):
     assert isinstance(config, (AdaptSFTConfig, AdaptDPOConfig))
     assert config.stage == yaml.safe_load(path.read_text())["stage"]
     assert config.router_aux_loss_coef == config.router.load_balancing_weight
-
-
-def test_olmoe_recipes_carry_the_published_hyperparameters():
-    sft = load_recipe(REPO / "recipes/olmoe-1b-7b/sft.yaml", check_paths=False, check_hardware=False)
-    dpo = load_recipe(REPO / "recipes/olmoe-1b-7b/dpo.yaml", check_paths=False, check_hardware=False)
-    assert sft.model.name_or_path == "allenai/OLMoE-1B-7B-0924" and sft.model.add_bos
-    assert (sft.learning_rate, sft.num_train_epochs, sft.max_length, sft.warmup_steps) == (2e-5, 2, 4096, 0.03)
-    assert sft.data.sources[0].hub == "allenai/tulu-v3.1-mix-preview-4096-OLMoE"
-    assert (dpo.learning_rate, dpo.beta, dpo.num_train_epochs, dpo.warmup_steps) == (5e-7, 0.1, 3, 0.1)
-    assert dpo.data.sources[0].hub == "argilla/ultrafeedback-binarized-preferences-cleaned"
-    for c in (sft, dpo):
-        assert (c.router.load_balancing_weight, c.router.z_loss_weight) == (0.01, 0.001)
-        assert c.bf16 and c.lr_scheduler_type.value == "linear" and c.parallel.deepspeed == "zero3"
-        assert c.deepspeed["zero_optimization"]["stage"] == 3 and "expert_parallel" not in c.deepspeed
 
 
 def _error(path, *overrides, **kw) -> str:
@@ -144,17 +129,73 @@ def test_resolved_recipe_round_trips(tmp_path):
     assert reloaded.learning_rate == 1e-4
 
 
-def test_bad_recipe_fails_fast_from_the_command_line(tmp_path):
+# Run in a subprocess as `adapt sft` runs: every constructor of expensive work raises if it is reached. What a
+# user waits for (seconds) is measured in bench/fail_fast.py, not asserted here.
+NOTHING_EXPENSIVE = """
+import sys, datasets, transformers
+def refuse(*args, **kwargs):
+    raise SystemExit("constructed before the recipe error")
+transformers.PreTrainedModel.__init__ = refuse
+transformers.PreTrainedTokenizerBase.__init__ = refuse
+transformers.Trainer.__init__ = refuse
+datasets.Dataset.__init__ = refuse
+from adapt.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_bad_recipe_fails_before_any_model_data_or_trainer_is_built(tmp_path):
     path = tiny(tmp_path)
     path.write_text(path.read_text().replace("learning_rate:", "learnin_rate:"))
-    started = time.time()
-    proc = subprocess.run([sys.executable, "-m", "adapt.cli", "sft", "--config", str(path)],
-                          capture_output=True, text=True, timeout=60)
-    elapsed = time.time() - started
+    proc = subprocess.run([sys.executable, "-c", NOTHING_EXPENSIVE, "sft", "--config", str(path)],
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
     assert last.startswith("error: ") and str(path) in last and "training.learnin_rate" in last
-    assert elapsed < 10, f"took {elapsed:.1f}s"
+    assert "constructed before" not in proc.stderr
+    # The guard itself works: a good recipe does reach a constructor
+    good = tiny(tmp_path, out=tmp_path / "good")
+    proc = subprocess.run([sys.executable, "-c", NOTHING_EXPENSIVE, "sft", "--config", str(good)],
+                          capture_output=True, text=True, timeout=120)
+    assert "constructed before the recipe error" in proc.stderr
+
+
+def test_integers_work_for_every_float_field_of_every_section(tmp_path):
+    # YAML reads `0` as an int; TRL's configs and transformers' model configs reject an int where a float is
+    # declared (StrictDataclassFieldValidationError), so `router.load_balancing_weight: 0` crashed SFT.
+    import dataclasses
+    import typing
+
+    from adapt.config.checks import _admits_int, matches
+    from adapt.config.sections import SECTION_TYPES
+    from trl import SFTConfig
+
+    path = tiny(tmp_path)
+    float_fields = []
+    for name, cls in SECTION_TYPES.items():
+        hints = typing.get_type_hints(cls)
+        float_fields += [f"{name}.{f.name}" for f in dataclasses.fields(cls)
+                         if matches(1.0, hints[f.name]) and not _admits_int(hints[f.name])]
+    hints = typing.get_type_hints(SFTConfig)
+    float_fields += [f"training.{f.name}" for f in dataclasses.fields(SFTConfig) if f.init
+                     and matches(1.0, hints[f.name]) and not _admits_int(hints[f.name])]
+    assert "router.load_balancing_weight" in float_fields and "training.learning_rate" in float_fields
+    for dotted in float_fields:
+        try:
+            config = load_recipe(path, [f"{dotted}=1"])
+        except RecipeError as e:  # a value the field does not allow is fine; its type is what is checked here
+            assert "expected" not in str(e) and "StrictDataclass" not in str(e), str(e)
+            continue
+        section, key = dotted.split(".")
+        got = getattr(config if section == "training" else getattr(config, section), key)
+        assert got == 1.0 and isinstance(got, float), (dotted, got)
+
+
+def test_router_weights_given_as_integer_zero_train(tmp_path):
+    from adapt.stages import sft
+
+    trainer = sft.run(load_recipe(tiny(tmp_path, lb=0, z=0, steps=1)))
+    assert trainer.model.config.router_aux_loss_coef == 0.0 and trainer.state.global_step == 1
 
 
 def test_yaml_syntax_error_names_the_line(tmp_path):
