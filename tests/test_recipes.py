@@ -1,6 +1,5 @@
 """Recipes: every shipped YAML validates; bad recipes fail fast with one line naming the file, key and fix."""
 
-
 import pytest
 import yaml
 
