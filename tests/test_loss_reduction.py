@@ -45,6 +45,16 @@ def test_one_step_equals_the_reference(tmp_path, monkeypatch, reduction):
     if reduction == "sum":
         # open-instruct's summed gradient is tens of times over the clip: the update is clipped, as in the real run
         assert norm > 10
+    # The run's recipe.yaml says what the router weights multiply, and reloads to the same recipe
+    saved = (tmp_path / "run" / "recipe.yaml").read_text()
+    header = " ".join(line[2:] for line in saved.splitlines() if line.startswith("# "))
+    assert header.startswith("router.load_balancing_weight 0.5 multiplies each micro-batch's load-balancing loss")
+    assert ("summed token cross-entropy" if reduction == "sum" else "token-mean cross-entropy") in header
+    reloaded = load_recipe(tmp_path / "run" / "recipe.yaml", check_output=False).resolved_recipe()
+    original = load_recipe(path, check_output=False).resolved_recipe()
+    reloaded["training"].pop("dataset_kwargs")  # the SFT stage's own `skip_prepare_dataset` (rows come tokenized)
+    original["training"].pop("dataset_kwargs")
+    assert reloaded == original
 
 
 def test_summed_loss_is_logged_per_micro_batch_like_open_instruct(tmp_path, monkeypatch):

@@ -20,6 +20,7 @@ from adapt.config.sections import (
     ModelSection,
     ParallelSection,
     RouterSection,
+    router_loss_scale,
 )
 
 
@@ -60,20 +61,10 @@ class _AdaptSections:
             d[name] = dataclasses.asdict(getattr(self, name))
         return d
 
-    def router_loss_scale(self) -> list[str]:
-        """What each router weight multiplies, in words (the header of the run's recipe.yaml and the README)."""
-        lb, z = self.router.load_balancing_weight, self.router.z_loss_weight
-        if self.stage == "dpo":
-            main = "the micro-batch's DPO loss (a mean over its preference pairs), policy forward only"
-        elif self.loss_reduction == "sum":
-            main = ("the micro-batch's summed token cross-entropy (training.loss_reduction: sum; every micro-batch's "
-                    "total is then divided by the accumulation steps and averaged over processes)")
-        else:
-            main = ("the token-mean cross-entropy of the global batch (training.loss_reduction: mean), the router "
-                    "terms divided by the accumulation steps")
-        return [f"router.load_balancing_weight {lb} x the micro-batch's load-balancing loss (about top_k when "
-                f"balanced) and router.z_loss_weight {z} x its router z-loss (mean of logsumexp(router logits)^2), "
-                f"both added to {main}."]
+    def router_loss_scale(self) -> str:
+        """What each router weight multiplies, in words (the header of the run's recipe.yaml, the model card)."""
+        return router_loss_scale(self.stage, self.loss_reduction, self.router.load_balancing_weight,
+                                 self.router.z_loss_weight)
 
     def resolved_recipe(self) -> dict[str, Any]:
         """The fully resolved recipe: every section and every training field, re-loadable by `load_recipe`."""

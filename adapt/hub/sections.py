@@ -8,9 +8,11 @@ from typing import Any
 
 import yaml
 
+from adapt.config.sections import router_loss_scale
+
 # The fields a reader looks for first; the whole resolved recipe follows them in a folded block.
 KEY_FIELDS = {
-    "training": ("num_train_epochs", "max_steps", "learning_rate", "lr_scheduler_type", "warmup_steps",
+    "training": ("loss_reduction", "num_train_epochs", "max_steps", "learning_rate", "lr_scheduler_type", "warmup_steps",
                  "weight_decay", "optim", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
                  "per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "packing",
                  "padding_free", "assistant_only_loss", "bf16", "gradient_checkpointing", "seed", "beta",
@@ -62,10 +64,13 @@ def training_section(recipe: dict, record: dict) -> str:
     if not recipe:
         return "## Training procedure\n\nThe run folder has no `recipe.yaml`; the hyperparameters were not recorded.\n"
     training = recipe.get("training") or {}
+    router = recipe.get("router") or {}
+    lb, z = router.get("load_balancing_weight") or 0.0, router.get("z_loss_weight") or 0.0
+    losses = "the router's auxiliary losses kept on" if lb or z else "the router's auxiliary losses logged, not trained"
     lines = ["## Training procedure", "",
              f"Stage `{recipe.get('stage')}` with [TRL](https://github.com/huggingface/trl)'s "
-             f"{'SFTTrainer' if recipe.get('stage') == 'sft' else 'DPOTrainer'} and the router's auxiliary losses "
-             f"kept on, trained with the `adapt` toolkit.", "", "| field | value |", "|---|---|"]
+             f"{'SFTTrainer' if recipe.get('stage') == 'sft' else 'DPOTrainer'} and {losses}, trained with the "
+             f"`adapt` toolkit.", "", "| field | value |", "|---|---|"]
     for section, keys in KEY_FIELDS.items():
         values = recipe.get(section) if section != "training" else training
         for key in keys:
@@ -77,12 +82,12 @@ def training_section(recipe: dict, record: dict) -> str:
     if world and training.get("per_device_train_batch_size"):
         total = training["per_device_train_batch_size"] * training.get("gradient_accumulation_steps", 1) * world
         lines.append(f"| global batch (per device × accumulation × {world} processes) | {total} |")
-    router = recipe.get("router") or {}
+    scale = router_loss_scale(recipe.get("stage", "sft"), training.get("loss_reduction", "mean"), lb, z)
     lines += ["", "### Router losses", "",
               f"- load balancing (`aux_loss`, the model's own load_balancing_loss_func): weight "
               f"**{router.get('load_balancing_weight')}**",
               f"- router z-loss (`z_loss`, mean over tokens of logsumexp(router logits)², averaged over layers): "
-              f"weight **{router.get('z_loss_weight')}**", "",
+              f"weight **{router.get('z_loss_weight')}**", "", scale, "",
               "<details><summary>The fully resolved recipe (<code>recipe.yaml</code>: every field, TRL's included)"
               "</summary>", "", "```yaml", yaml.safe_dump(recipe, sort_keys=False).rstrip(), "```", "", "</details>"]
     return "\n".join(lines) + "\n"

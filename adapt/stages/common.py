@@ -8,6 +8,7 @@ import os
 import platform
 import shutil
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -85,6 +86,7 @@ def save_run(trainer, config, tokenizer, started: float, data_summary: dict | No
         return out
     tokenizer.save_pretrained(str(out))
     with open(out / "recipe.yaml", "w", encoding="utf-8") as f:
+        f.write("".join(f"# {line}\n" for line in textwrap.wrap(config.router_loss_scale(), 116)))
         yaml.safe_dump(config.resolved_recipe(), f, sort_keys=False)
     import torch
     import transformers
