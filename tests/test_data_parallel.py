@@ -48,13 +48,13 @@ def sgd_preset(folder, preset: str, ep: int) -> str:
     return f"parallel.deepspeed={path}"
 
 
-def launch(launcher: str, out, recipe_path, overrides):
+def launch(launcher: str, out, recipe_path, overrides, stage="sft"):
     if launcher == "torchrun":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", SCRIPT]
     else:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(accelerate_config("cpu-2proc")), SCRIPT]
-    run = subprocess.run([*cmd, str(out), "--config", str(recipe_path), *overrides], cwd=REPO, capture_output=True,
+    run = subprocess.run([*cmd, str(out), stage, "--config", str(recipe_path), *overrides], cwd=REPO, capture_output=True,
                          text=True, env=ENV, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
 
@@ -83,3 +83,41 @@ def test_two_processes_take_the_one_process_step(tmp_path, name):
         assert max_difference(rank0, after) < 1e-6
     saved = OlmoeForCausalLM.from_pretrained(tmp_path / "run", dtype=torch.float32).state_dict()
     assert max_difference(saved, after) < 1e-6
+
+
+@pytest.mark.multiprocess
+def test_dpo_on_two_processes_takes_the_one_process_step(tmp_path, monkeypatch):
+    import yaml
+
+    from adapt.config import load_recipe
+    from adapt.stages import dpo
+
+    init, _ = write_fixture(tmp_path)
+    with open(tmp_path / "pairs.jsonl", "w", encoding="utf-8") as f:
+        for i in range(4):
+            f.write(json.dumps({"prompt": [{"role": "user", "content": "reverse " + "abcdefgh"[: 2 + i]}],
+                                "chosen": [{"role": "assistant", "content": "abcdefgh"[: 2 + i][::-1]}],
+                                "rejected": [{"role": "assistant", "content": "no " * (i + 1)}]}) + "\n")
+
+    def dpo_recipe(out, accumulation):
+        raw = yaml.safe_load(recipe(tmp_path, reduction="mean", lb=LB, z=Z, accumulation=accumulation,
+                                    out=out).read_text())
+        raw["stage"] = "dpo"
+        raw["data"]["sources"] = [{"path": str(tmp_path / "pairs.jsonl")}]
+        raw["training"].update(beta=0.1, learning_rate=0.5)  # DPO's gradient is small: a step large enough to see
+        path = tmp_path / f"{out}.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        return path
+
+    one = dpo.run(load_recipe(dpo_recipe("one", accumulation=4)))
+    reference = {k: v.detach() for k, v in one.model.state_dict().items()}
+    launch("torchrun", tmp_path, dpo_recipe("run", accumulation=2), [], stage="dpo")
+    rank0, rank1 = (load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1))
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    from transformers import OlmoeForCausalLM
+
+    start = OlmoeForCausalLM.from_pretrained(init).state_dict()
+    moved = max(float((reference[k] - start[k]).abs().max()) for k in rank0)
+    assert moved > 1e-4  # the step changed the weights, far beyond the tolerance below
+    assert max_difference(rank0, reference) < 1e-6
+    assert logged(tmp_path / "run", "grad_norm") == pytest.approx(logged(tmp_path / "one", "grad_norm"), rel=1e-5)

@@ -1,6 +1,6 @@
 """Run a stage's module as users launch it, then write what each rank holds after training.
 
-    <launcher> tests/scripts/dp_step.py OUT_DIR --config RECIPE [overrides...]
+    <launcher> tests/scripts/dp_step.py OUT_DIR STAGE --config RECIPE [overrides...]     (STAGE: sft or dpo)
 
 Each rank writes OUT_DIR/rank<r>.safetensors (its full model weights, gathered from ZeRO-3 partitions; not under
 expert parallelism, where each rank holds different experts by design and the run folder's export is compared) and
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from adapt.stages import sft
+from adapt.stages import dpo, sft
 from adapt.stages.common import load_stage_config
 
 
@@ -32,8 +32,8 @@ def full_state(trainer) -> dict[str, torch.Tensor]:
 
 
 def main():
-    out = Path(sys.argv[1])
-    trainer = sft.run(load_stage_config("sft", sys.argv[2:]))
+    out, stage = Path(sys.argv[1]), sys.argv[2]
+    trainer = {"sft": sft, "dpo": dpo}[stage].run(load_stage_config(stage, sys.argv[3:]))
     from adapt.parallel.autoep import is_autoep
 
     rank = trainer.accelerator.process_index
