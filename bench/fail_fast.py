@@ -55,9 +55,10 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         recipe = Path(tmp) / "bad.yaml"
         recipe.write_text(BAD_RECIPE % (Path(tmp) / "out"))
+        adapt = [sys.executable, "-m", "adapt.cli"]
         cases = [
-            ("adapt check, unknown key", [sys.executable, "-m", "adapt.cli", "check", "--config", str(recipe)], True, 10),
-            ("adapt sft, unknown key", [sys.executable, "-m", "adapt.cli", "sft", "--config", str(recipe)], True, 10),
+            ("adapt check, unknown key", [*adapt, "check", "--config", str(recipe)], True, 10),
+            ("adapt sft, unknown key", [*adapt, "sft", "--config", str(recipe)], True, 10),
             ("sandbox, infinite loop (limit 2 s)", [sys.executable, "-c", SANDBOXED_LOOP], False, 8),
         ]
         rows = []

@@ -54,8 +54,8 @@ def launch(launcher: str, out, recipe_path, overrides, stage="sft"):
     else:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(accelerate_config("cpu-2proc")), SCRIPT]
-    run = subprocess.run([*cmd, str(out), stage, "--config", str(recipe_path), *overrides], cwd=REPO, capture_output=True,
-                         text=True, env=ENV, timeout=600)
+    run = subprocess.run([*cmd, str(out), stage, "--config", str(recipe_path), *overrides], cwd=REPO,
+                         capture_output=True, text=True, env=ENV, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
 
 

@@ -92,7 +92,7 @@ def test_ifeval_checker_on_gpt4_responses(shared, tmp_path):
     metrics = {k: round(100 * v["value"], 1) for k, v in rescore("ifeval", preds, data_dir=str(shared / "data")).items()}
     # The IFEval paper reports GPT-4 at 76.9 / 79.3 (prompt strict / loose) and 83.6 / 85.4 (instruction); one of
     # these 541 stored responses belongs to a prompt worded differently, and lm-eval's port differs from the
-    # official checker on a few letter-frequency instructions (GROUND-TRUTH.md).
+    # official checker on a few letter-frequency instructions (measured on the full set).
     assert metrics == {"prompt_level_strict_acc": 77.1, "prompt_level_loose_acc": 79.5,
                        "inst_level_strict_acc": 83.7, "inst_level_loose_acc": 85.5}
 

@@ -1,8 +1,8 @@
 """Token-level fidelity to open-instruct's encoding of the published OLMoE runs, with OLMoE's real tokenizer named
 as the Hub's is: EOS and pad, no BOS.
 
-The reference encoder below is written from GROUND-TRUTH's description of open-instruct's `finetune.py` /
-`dpo_tune.py` (August 2024): every message stripped, the tulu format, the whole text stripped, `--add_bos` with EOS
+The reference encoder below is written from the description of open-instruct's `finetune.py` / `dpo_tune.py`
+(August 2024, the code of the released run): every message stripped, the tulu format, the whole text stripped, `--add_bos` with EOS
 as BOS, and a label mask computed by tokenizing message prefixes *without* the BOS, so that every mask boundary lands
 one token early (the `\\n` after `<|assistant|>` is trained, the `\\n` after an assistant's EOS is not).
 """
@@ -23,7 +23,8 @@ CONVERSATIONS = [
      {"role": "user", "content": "And 3+3?\n\n\n"},
      {"role": "assistant", "content": "   6.   "}],
     [{"role": "user", "content": "Write a haiku about routers.\n"},
-     {"role": "assistant", "content": "Tokens choose their paths\n  eight of sixty-four experts\nbalance keeps them fair\n"}],
+     {"role": "assistant",
+      "content": "Tokens choose their paths\n  eight of sixty-four experts\nbalance keeps them fair\n"}],
     [{"role": "user", "content": "   "  + "x " * 5 + "\n  indented\n\tcode:\n    def f():\n        return 1\n"},
      {"role": "assistant", "content": "```python\ndef f():\n    return 1\n```\n\n"},
      {"role": "user", "content": "Thanks — and in Rust? «ünïcödé»"},
@@ -166,6 +167,7 @@ def test_saved_tokenizer_keeps_eos_as_bos_and_says_so_once(tmp_path, olmoe_token
 def test_a_tokenizer_without_bos_or_eos_is_refused(tmp_path, olmoe_tokenizer_file):
     from adapt.config.sections import ModelSection
 
-    section = ModelSection(tokenizer=str(olmoe_tokenizer_file), add_bos=True, special_tokens={"pad_token": "<|padding|>"})
+    section = ModelSection(tokenizer=str(olmoe_tokenizer_file), add_bos=True,
+                           special_tokens={"pad_token": "<|padding|>"})
     with pytest.raises(ValueError, match="neither a BOS nor an EOS"):
         load_tokenizer(section)

@@ -1,6 +1,6 @@
 """Expert parallelism for OLMoE through DeepSpeed AutoEP, and the way back to the plain transformers layout.
 
-Design note (what DeepSpeed 0.19.8 does, measured in ../shared/notes/GROUND-TRUTH.md):
+Design note (what DeepSpeed 0.19.8 does, measured on the CPU with 2 gloo processes):
 - AutoEP replaces each `model.layers.i.mlp` (router + fused experts) with an `AutoEPMoELayer` whose experts are
   split over `autoep_size` ranks and exchanged with all-to-all. No OLMoE preset ships, so `register_olmoe_preset`
   adds one that keeps OLMoE's routing exactly: softmax scores, top-k, *no* renormalisation of the top-k weights,

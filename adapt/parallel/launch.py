@@ -1,9 +1,10 @@
 """Launch-time setup that must happen before the training config is built.
 
 Without a GPU, torch.distributed needs the gloo backend. Plain data parallelism gets it from
-`training.ddp_backend=gloo` with `training.use_cpu=true` (both are needed: see `launch_overrides`). Under DeepSpeed, transformers ignores `ddp_backend` and accelerate would start the
-process group with no backend, so every rank believes it is rank 0 of 1; the fix (GROUND-TRUTH.md) is to build
-accelerate's process state with gloo first and tell the Trainer to reuse it. On GPUs nothing is needed.
+`training.ddp_backend=gloo` with `training.use_cpu=true` (both are needed: see `launch_overrides`). Under
+DeepSpeed, transformers ignores `ddp_backend` and accelerate would start the process group with no backend, so
+every rank believes it is rank 0 of 1; the fix is to build accelerate's process state with gloo first and tell
+the Trainer to reuse it. On GPUs nothing is needed.
 """
 
 from __future__ import annotations
