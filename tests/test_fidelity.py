@@ -2,8 +2,8 @@
 as the Hub's is: EOS and pad, no BOS.
 
 The reference encoder below is written from the description of open-instruct's `finetune.py` / `dpo_tune.py`
-(August 2024, the code of the released run): every message stripped, the tulu format, the whole text stripped, `--add_bos` with EOS
-as BOS, and a label mask computed by tokenizing message prefixes *without* the BOS, so that every mask boundary lands
+(August 2024, the code of the released run): every message stripped, the tulu format, the whole text stripped,
+`--add_bos` with EOS as BOS, and a label mask computed by tokenizing message prefixes *without* the BOS, so that every mask boundary lands
 one token early (the `\\n` after `<|assistant|>` is trained, the `\\n` after an assistant's EOS is not).
 """
 

@@ -1,5 +1,6 @@
 """The OLMoE recipe pairs: `published/` holds every value of the released adaptation (open-instruct's code of August
-2024 and the run logs allenai/OLMoE publishes), and the default pair differs from it only where recipes/olmoe-1b-7b/README.md says."""
+2024 and the run logs allenai/OLMoE publishes), and the default pair differs from it only where
+recipes/olmoe-1b-7b/README.md says."""
 
 import pytest
 
