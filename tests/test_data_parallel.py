@@ -30,6 +30,7 @@ LAUNCHES = {
     "accelerate-ddp-mean": ("accelerate", "mean", None, 1),
     "accelerate-zero2-sum": ("accelerate", "sum", "zero2", 1),
     "accelerate-zero3-mean": ("accelerate", "mean", "zero3", 1),
+    "accelerate-zero3-sum": ("accelerate", "sum", "zero3", 1),
     "accelerate-zero2-ep2-sum": ("accelerate", "sum", "zero2", 2),
 }
 

@@ -84,9 +84,21 @@ def test_missing_data_file(tmp_path):
     ("training.deepspeed=x.json", "training.deepspeed"),
     ("parallel.deepspeed=zero9", "parallel.deepspeed"),
     ("stage=ppo", "stage"),
+    ("training.loss_reduction=max", "training.loss_reduction"),
+    ("training.loss_reduction=sum training.average_tokens_across_devices=true",
+     "training.average_tokens_across_devices"),
+    ("model.add_bos=true model.chat_template=tokenizer", "model.add_bos"),
 ])
 def test_contradictions(tmp_path, override, key):
     assert f": {key}: " in _error(tiny(tmp_path), *override.split())
+
+
+@pytest.mark.parametrize("override, key", [("training.loss_reduction=sum", "training.loss_reduction"),
+                                          ("data.train_assistant_newline=true", "data.train_assistant_newline")])
+def test_sft_only_settings_are_refused_for_dpo(tmp_path, override, key):
+    dpo = REPO / "recipes/demo/dpo.yaml"
+    msg = _error(dpo, override, f"training.output_dir={tmp_path / 'o'}", check_paths=False)
+    assert f": {key}: " in msg and "Fix:" in msg
 
 
 def test_stage_mismatch_points_to_the_right_command(tmp_path):
