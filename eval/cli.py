@@ -60,6 +60,10 @@ def run_eval(argv) -> None:
         tasks = args.tasks.split(",") if args.tasks else None
         if args.data_dir and not Path(args.data_dir).is_dir():
             raise ValueError(f"--data-dir {args.data_dir}: not a folder")
+        if Path(args.model).is_dir():  # a run interrupted while saving is refused, not scored
+            from adapt.runfolder import check_complete
+
+            check_complete(args.model)
         out = _output_dir(args)
         _check_output(out, args.model, args.overwrite)
         results = evaluate(args.model, suite, tasks, args.limit, args.data_dir, out, args.batch_size, args.device,

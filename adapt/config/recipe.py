@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from adapt.config.checks import RecipeError, coerce_scalar, describe, matches, suggest
+from adapt.config.limits import check_ranges, non_finite
 from adapt.config.sections import SECTION_TYPES, DataSource
 
 TOP_LEVEL_KEYS = ("stage", *SECTION_TYPES, "training", "overwrite")
@@ -88,6 +89,7 @@ def build_config(raw: dict[str, Any], file: str | None = None, *, check_paths: b
     sections = {name: _section(raw.get(name) or {}, cls, name, file) for name, cls in SECTION_TYPES.items()}
     training = _training(raw.get("training") or {}, TRL_CONFIGS[recipe_stage], STAGE_CONFIGS[recipe_stage], file)
     _check_contradictions(recipe_stage, sections, training, file)
+    check_ranges(recipe_stage, sections, training, file)
     _check_loss_reduction(recipe_stage, training, file)
     if sections["data"].strip is None:  # open-instruct strips every message it renders with the tulu template
         sections["data"].strip = sections["model"].chat_template == "tulu"
@@ -168,15 +170,22 @@ def _section(values: Any, cls, where: str, file: str | None):
     out = {}
     for key, value in values.items():
         if key not in fields:
-            raise RecipeError(file, f"{where}.{key}", "unknown key", suggest(key, fields))
-        value = coerce_scalar(value, hints[key])
-        if not matches(value, hints[key]):
-            raise RecipeError(file, f"{where}.{key}", f"expected {describe(hints[key])}, got {value!r}",
-                              f"give a {describe(hints[key])}")
+            raise RecipeError(file, f"{where}.{key}", "unknown key", suggest(str(key), fields))
+        value = _checked(value, hints[key], f"{where}.{key}", file)
         if key == "sources":
             value = [_section(v, DataSource, f"{where}.sources[{i}]", file) for i, v in enumerate(value)]
         out[key] = value
     return cls(**out)
+
+
+def _checked(value: Any, hint: Any, where: str, file: str | None) -> Any:
+    """One recipe value: coerced to the field's type, of that type, and finite."""
+    value = coerce_scalar(value, hint)
+    if not matches(value, hint):
+        raise RecipeError(file, where, f"expected {describe(hint)}, got {value!r}", f"give a {describe(hint)}")
+    if non_finite(value):
+        raise RecipeError(file, where, f"must be a finite number, got {value!r}", "give a finite number")
+    return value
 
 
 def _training(values: Any, trl_cls, stage_cls, file: str | None) -> dict[str, Any]:
@@ -195,11 +204,7 @@ def _training(values: Any, trl_cls, stage_cls, file: str | None) -> dict[str, An
         if key not in fields:
             fix = RENAMED_TRAINING_KEYS.get(key) or suggest(key, fields)
             raise RecipeError(file, f"training.{key}", f"unknown {trl_cls.__name__} field", fix)
-        value = coerce_scalar(value, hints[key])
-        if not matches(value, hints[key]):
-            raise RecipeError(file, f"training.{key}", f"expected {describe(hints[key])}, got {value!r}",
-                              f"give a {describe(hints[key])}")
-        out[key] = value
+        out[key] = _checked(value, hints[key], f"training.{key}", file)
     if not out.get("output_dir"):
         raise RecipeError(file, "training.output_dir", "missing", "say where the run folder goes, e.g. runs/my-sft")
     return out
@@ -237,9 +242,6 @@ def _check_contradictions(stage: str, s: dict[str, Any], training: dict[str, Any
     if not 0 < data.decontam_threshold <= 1 or data.decontam_ngram < 1:
         raise RecipeError(file, "data.decontam_threshold", "needs 0 < threshold <= 1 and decontam_ngram >= 1",
                           "e.g. threshold 0.5 with 8-grams")
-    for name in ("load_balancing_weight", "z_loss_weight"):
-        if getattr(router, name) < 0:
-            raise RecipeError(file, f"router.{name}", "must be >= 0", "use 0 to switch the loss off")
     if training.get("bf16") and training.get("fp16"):
         raise RecipeError(file, "training.fp16", "bf16 and fp16 are both on", "keep one")
     if parallel.expert_parallel_size < 1:
@@ -286,6 +288,13 @@ def _check_paths(s: dict[str, Any], file: str | None) -> None:
         if ref and not ref.startswith("builtin:") and _looks_local(ref) and not os.path.exists(os.path.expanduser(ref)):
             raise RecipeError(file, key, f"local path {ref!r} does not exist",
                               "run the stage that writes it first, or give a Hub id")
+    if model.name_or_path and _looks_local(model.name_or_path):
+        from adapt.runfolder import incomplete_reason
+
+        reason = incomplete_reason(os.path.expanduser(model.name_or_path))
+        if reason:
+            raise RecipeError(file, "model.name_or_path", f"{model.name_or_path} is an incomplete run folder "
+                              f"({reason})", "use a finished run's folder")
     for i, src in enumerate(s["data"].sources):
         if src.path and not os.path.isfile(os.path.expanduser(src.path)):
             raise RecipeError(file, f"data.sources[{i}].path", f"data file {src.path!r} not found",
@@ -312,8 +321,13 @@ def _deepspeed_config(parallel, file: str | None) -> dict | None:
 
 
 def _check_output_dir(output_dir: str, overwrite: bool, file: str | None) -> None:
+    from adapt.runfolder import holds_run
+
     out = Path(output_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    if out.exists() and not out.is_dir():
+        raise RecipeError(file, "training.output_dir", f"{output_dir} is a file, not a folder",
+                          "choose a folder path for the run")
+    if holds_run(out) and not overwrite:
         raise RecipeError(file, "training.output_dir", f"{output_dir} already holds a run and would be overwritten",
                           "choose another output_dir, or pass --overwrite to replace it")
 

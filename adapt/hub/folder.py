@@ -55,9 +55,14 @@ def build_folder(run_dir: str | Path, out: str | Path, repo_id: str, options: Fo
     from adapt.eval.suite import model_fingerprint
     from adapt.hub.card import write_card
 
+    from adapt.runfolder import incomplete_reason
+
     run, out = Path(run_dir), Path(out)
     if not run.is_dir():
         raise PublishError(f"{run}: no such run folder")
+    reason = incomplete_reason(run)
+    if reason:
+        raise PublishError(f"{run}: incomplete run folder, nothing published: {reason}")
     if out.exists() and any(out.iterdir()):
         raise PublishError(f"{out} exists and is not empty; choose a new folder (nothing was overwritten)")
     out.mkdir(parents=True, exist_ok=True)

@@ -6,13 +6,15 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import sys
 import textwrap
 import time
 from pathlib import Path
 
 import yaml
+
+from adapt.runfolder import RunFolderError, RunLock, clear, holds_run, write_marker
+from adapt.trainers.guards import NonFiniteLossError
 
 
 def stage_parser(stage: str) -> argparse.ArgumentParser:
@@ -40,16 +42,24 @@ def load_stage_config(stage: str, argv=None):
         sys.exit(f"error: {e}")
 
 
-def start_run_dir(config, is_main: bool) -> Path:
-    """Create the run folder. An existing run is only replaced when the recipe says `overwrite` (checked again
-    here because the folder may have appeared since the recipe was validated), and kept when resuming."""
+def start_run_dir(config, is_main: bool) -> RunLock | None:
+    """Claim the run folder: lock it (a second run to the same folder is refused while this one lives), then replace
+    an existing run only when the recipe says `overwrite` (checked again here because the folder may have appeared
+    since the recipe was validated); a resumed run keeps it. The main process holds the lock until the run ends."""
     out = Path(config.output_dir)
-    if is_main and out.exists() and any(out.iterdir()) and not config.resume_from_checkpoint:
+    if not is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        return None
+    try:
+        lock = RunLock(out).acquire()
+    except RunFolderError as e:
+        sys.exit(f"error: {e}")
+    if holds_run(out) and not config.resume_from_checkpoint:
         if not config.overwrite:
+            lock.release()
             sys.exit(f"error: {out} already holds a run; choose another training.output_dir or pass --overwrite")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+        clear(out)
+    return lock
 
 
 def last_complete_checkpoint(out: Path) -> Path | None:
@@ -99,10 +109,29 @@ def save_run(trainer, config, tokenizer, started: float, data_summary: dict | No
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
         "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
     }
-    (out / "run.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     if data_summary is not None:
         (out / "data_summary.json").write_text(json.dumps(data_summary, indent=2) + "\n", encoding="utf-8")
+    bad = non_finite_tensors(out)
+    if bad:  # the folder gets no run.json, so every reader refuses it
+        sys.exit(f"error: {out}: the saved weights hold NaN or inf values ({', '.join(bad[:3])}"
+                 f"{', ...' if len(bad) > 3 else ''}); the run is not marked complete")
+    write_marker(out, record)  # last: its presence says the folder is complete (adapt/runfolder.py)
     return out
+
+
+def non_finite_tensors(folder: Path) -> list[str]:
+    """Names of the saved tensors (every safetensors file of the folder) holding NaN or inf."""
+    import torch
+    from safetensors import safe_open
+
+    bad = []
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                tensor = f.get_tensor(name)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    bad.append(name)
+    return bad
 
 
 def _save_weights(trainer, config, out: Path) -> None:
@@ -142,10 +171,16 @@ def train_and_save(trainer, config, tokenizer, started: float, data_summary: dic
         from adapt.hub.push import check_recipe_push
 
         check_recipe_push(config.hub)
-    start_run_dir(config, is_main)
+    lock = start_run_dir(config, is_main)
     trainer.accelerator.wait_for_everyone()
-    trainer.train(resume_from_checkpoint=resume_checkpoint(config))
-    out = save_run(trainer, config, tokenizer, started, data_summary)
+    try:
+        trainer.train(resume_from_checkpoint=resume_checkpoint(config))
+        out = save_run(trainer, config, tokenizer, started, data_summary)
+    except NonFiniteLossError as e:
+        sys.exit(f"error: {e}")
+    finally:
+        if lock is not None:
+            lock.release()
     if config.hub.push and is_main:
         from adapt.hub.push import push_from_recipe
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from trl import DPOTrainer
 
 from adapt.trainers.checkpoint import ConvertingCheckpointMixin
+from adapt.trainers.guards import FiniteLossMixin
 from adapt.trainers.router import RouterLossMixin
 
 
-class AdaptDPOTrainer(ConvertingCheckpointMixin, RouterLossMixin, DPOTrainer):
+class AdaptDPOTrainer(FiniteLossMixin, ConvertingCheckpointMixin, RouterLossMixin, DPOTrainer):
     # DPOTrainer's loss is a per-micro-batch mean that the HF Trainer divides for gradient accumulation, so the
     # mixin's default divisor of 1 is right here.
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from trl import SFTTrainer
 
 from adapt.trainers.checkpoint import ConvertingCheckpointMixin
+from adapt.trainers.guards import FiniteLossMixin
 from adapt.trainers.router import RouterLossMixin
 
 
-class AdaptSFTTrainer(ConvertingCheckpointMixin, RouterLossMixin, SFTTrainer):
+class AdaptSFTTrainer(FiniteLossMixin, ConvertingCheckpointMixin, RouterLossMixin, SFTTrainer):
     def __init__(self, *args, **kwargs):
         # Rows tokenized by adapt.data.tokenize already carry the assistant-only mask in `labels`; SFTTrainer would
         # reject them under `assistant_only_loss` because they are no longer conversational. The flag is restored

@@ -1,0 +1,105 @@
+"""Value checks a recipe must pass before anything loads: every number finite and in range, the model config's keys
+known to its family, and settings that need each other present together (evaluation steps and evaluation data).
+
+Without them a NaN weight (`nan < 0` is false), `num_train_epochs: -1` or a learning rate of 1e308 trained and
+saved a broken model with exit code 0. Each failure is one `RecipeError` naming the file, the key and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from adapt.config.checks import RecipeError, suggest
+
+# training key -> (lowest, lowest allowed?, highest, highest allowed?): the range a value must fall in.
+TRAINING_RANGES = {
+    "learning_rate": (0.0, False, 1.0, True),
+    "num_train_epochs": (0.0, False, math.inf, False),
+    "per_device_train_batch_size": (1, True, math.inf, False),
+    "per_device_eval_batch_size": (1, True, math.inf, False),
+    "gradient_accumulation_steps": (1, True, math.inf, False),
+    "max_length": (1, True, math.inf, False),
+    "max_grad_norm": (0.0, True, math.inf, False),
+    "weight_decay": (0.0, True, math.inf, False),
+    "warmup_steps": (0.0, True, math.inf, False),
+    "adam_beta1": (0.0, True, 1.0, False),
+    "adam_beta2": (0.0, True, 1.0, False),
+    "adam_epsilon": (0.0, False, 1.0, True),
+    "logging_steps": (0.0, False, math.inf, False),
+    "save_steps": (0.0, False, math.inf, False),
+    "eval_steps": (0.0, False, math.inf, False),
+    "beta": (0.0, False, math.inf, False),
+}
+ROUTER_RANGES = {"load_balancing_weight": (0.0, True, 1e3, True), "z_loss_weight": (0.0, True, 1e3, True)}
+
+
+def non_finite(value: Any) -> bool:
+    """Whether a recipe value is or holds NaN or an infinity (YAML `.nan`, `.inf`, or "nan" read as a float)."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return any(map(non_finite, value))
+    if isinstance(value, dict):
+        return any(map(non_finite, value.values()))
+    return False
+
+
+def _in_range(value, low, low_ok, high, high_ok) -> bool:
+    return (value > low or (low_ok and value == low)) and (value < high or (high_ok and value == high))
+
+
+def _describe(low, low_ok, high, high_ok) -> str:
+    left = f">= {low:g}" if low_ok else f"> {low:g}"
+    return left if high == math.inf else f"{left} and {'<=' if high_ok else '<'} {high:g}"
+
+
+def check_ranges(stage: str, sections: dict[str, Any], training: dict[str, Any], file: str | None) -> None:
+    for key, bounds in TRAINING_RANGES.items():
+        value = training.get(key)
+        if value is not None and not _in_range(value, *bounds):
+            raise RecipeError(file, f"training.{key}", f"must be {_describe(*bounds)}, got {value!r}",
+                              "give a value in range")
+    steps = training.get("max_steps", -1)
+    if steps is not None and steps != -1 and steps < 1:
+        raise RecipeError(file, "training.max_steps", f"must be -1 (train for num_train_epochs) or >= 1, got {steps}",
+                          "give a number of optimizer steps, or drop it")
+    router = sections["router"]
+    for key, bounds in ROUTER_RANGES.items():
+        value = getattr(router, key)
+        if not _in_range(value, *bounds):
+            raise RecipeError(file, f"router.{key}", f"must be {_describe(*bounds)}, got {value!r}",
+                              "use 0 to switch the loss off")
+    _check_evaluation(sections["data"], training, file)
+    _check_model_config(sections["model"], file)
+
+
+def _check_evaluation(data, training: dict[str, Any], file: str | None) -> None:
+    strategy = str(getattr(training.get("eval_strategy"), "value", training.get("eval_strategy") or "no"))
+    if strategy != "no" and data.eval_rows == 0:
+        raise RecipeError(file, "training.eval_strategy", f"`{strategy}` evaluation but the recipe holds out no "
+                          "evaluation data", "set data.eval_rows (rows held out of the mixture), or eval_strategy: no")
+
+
+def _check_model_config(model, file: str | None) -> None:
+    """`model.config` keys must be fields of the family's config class (a typo would silently keep the default)."""
+    if not model.config:
+        return
+    from adapt.model.loading import ARCHITECTURES  # transformers' config classes, imported only when needed
+
+    config_cls = ARCHITECTURES[model.architecture][0]
+    known = set(config_cls().to_dict())
+    for key, value in model.config.items():
+        if not isinstance(key, str) or key not in known:
+            raise RecipeError(file, f"model.config.{key}", f"not a field of {config_cls.__name__}",
+                              suggest(str(key), known))
+        if key.startswith("num_") and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise RecipeError(file, f"model.config.{key}", f"must be a positive integer, got {value!r}",
+                              "give a count >= 1")
+    top_k, experts = model.config.get("num_experts_per_tok"), model.config.get("num_experts")
+    defaults = config_cls()
+    top_k = defaults.num_experts_per_tok if top_k is None else top_k
+    experts = defaults.num_experts if experts is None else experts
+    if top_k > experts:
+        raise RecipeError(file, "model.config.num_experts_per_tok", f"routes each token to {top_k} experts of "
+                          f"{experts}", "choose num_experts_per_tok <= num_experts")

@@ -1,0 +1,25 @@
+"""Stop a run at its first non-finite loss.
+
+transformers' Trainer logs a NaN or inf loss as the mean of the steps before it (`logging_nan_inf_filter`) and keeps
+training, so a diverged run used to finish with exit code 0 and save NaN weights. The check reads the loss of every
+micro-batch; the Trainer already reads it back for that filter, so this adds no synchronisation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss of a micro-batch is NaN or infinite; the message names the optimizer step."""
+
+
+class FiniteLossMixin:
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not bool(torch.isfinite(loss.detach()).all()):
+            raise NonFiniteLossError(
+                f"training.output_dir {self.args.output_dir}: step {self.state.global_step + 1}: the loss is "
+                f"{loss.detach().float().item()}; the run stops and saves nothing. Fix: lower training.learning_rate "
+                f"or keep max_grad_norm on, and check the starting weights and the data")
+        return loss
