@@ -113,7 +113,8 @@ def incomplete_reason(folder: str | os.PathLike) -> str | None:
         elif name.endswith(WEIGHTS) and path.stat().st_size != size:  # records may be edited; weights may not
             changed.append(name)
     if missing or changed:
-        what = [f"{', '.join(names[:5])} {verb}" for names, verb in ((missing, "missing"), (changed, "changed")) if names]
+        what = [f"{', '.join(names[:5])} {verb}"
+                for names, verb in ((missing, "missing"), (changed, "changed")) if names]
         return f"{' and '.join(what)} since the run saved it; run the stage again"
     return None
 
