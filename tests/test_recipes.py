@@ -194,3 +194,13 @@ def test_yaml_syntax_error_names_the_line(tmp_path):
     path.write_text("stage: sft\ntraining: [unclosed\n")
     msg = _error(path)
     assert str(path) in msg and "line" in msg
+
+
+def test_yes_no_on_off_stay_strings(tmp_path):
+    # YAML 1.1 reads them as booleans: `training.save_strategy=no` became False
+    config = load_recipe(tiny(tmp_path), ["training.save_strategy=no", "training.report_to=[none]"])
+    assert config.save_strategy.value == "no"
+    path = tiny(tmp_path)
+    path.write_text(path.read_text().replace('save_strategy: "no"', "save_strategy: no"))
+    assert load_recipe(path).save_strategy.value == "no"
+    assert "training.packing: expected bool, got 'yes'" in _error(tiny(tmp_path), "training.packing=yes")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -111,12 +112,28 @@ def build_config(raw: dict[str, Any], file: str | None = None, *, check_paths: b
 
 # ----------------------------------------------------------------------------------------------------------- reading
 
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML with the 1.2 booleans: only true/false. YAML 1.1 also reads yes/no/on/off (and y/n) as booleans, which
+    turned `training.save_strategy=no` into False; here they stay strings (a bool field then says what it expects)."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_RecipeLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def _yaml(text_or_stream) -> Any:
+    return yaml.load(text_or_stream, Loader=_RecipeLoader)  # noqa: S506  a SafeLoader subclass
+
+
 def _read_yaml(file: str) -> dict[str, Any]:
     if not os.path.isfile(file):
         raise RecipeError(file, "--config", "recipe file not found", "check the path (recipes live under recipes/)")
     try:
         with open(file, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
+            raw = _yaml(f)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "YAML"
@@ -134,7 +151,7 @@ def _apply_override(raw: dict[str, Any], item: str, file: str) -> None:
                           "e.g. `training.learning_rate=1e-4`")
     dotted, text = item.split("=", 1)
     try:
-        value = yaml.safe_load(text) if text else None
+        value = _yaml(text) if text else None
     except yaml.YAMLError:
         value = text
     node: Any = raw
