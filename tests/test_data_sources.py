@@ -30,7 +30,7 @@ def test_local_jsonl_loads_and_takes_rows(tmp_path):
     assert len(data.train) == 3 and data.eval is None and data.train.column_names == ["messages"]
     assert data.summary()["sources"][0] == {"source": str(tmp_path / "train.jsonl"), "format": "messages",
                                                  "rows_read": 5, "rows_kept": 3, "rows_not_taken": 2, "dropped": {},
-                                                 "dropped_examples": [], "decontaminated": []}
+                                                 "dropped_examples": [], "duplicates": 4, "decontaminated": []}
 
 
 def test_gzip_jsonl(tmp_path):

@@ -77,6 +77,10 @@ class DataSection:
     # Examples longer than `training.max_length` tokens: `truncate` (open-instruct's and TRL's behaviour; a row left
     # with no assistant token is dropped) or `drop`. Both are counted per source in the data summary.
     over_length: Literal["truncate", "drop"] = "truncate"
+    # Preference pairs whose chosen and rejected answers are the same teach nothing: `drop` (counted) or `keep`.
+    identical_pairs: Literal["drop", "keep"] = "drop"
+    # Rows that repeat an earlier row of the same source exactly: counted in the summary either way; `drop` or `keep`.
+    duplicates: Literal["keep", "drop"] = "keep"
     # Keep the tokenized mixture and reuse it while nothing that changes it changes (adapt/data/cache.py).
     cache: bool = True
     cache_dir: str | None = None  # default: $ADAPT_CACHE/data, else ~/.cache/adapt/data

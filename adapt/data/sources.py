@@ -36,12 +36,14 @@ class SourceSummary:
     rows_not_taken: int = 0  # usable rows left out by the source's `rows:` limit
     dropped: Counter = field(default_factory=Counter)  # reason -> count
     examples: list[str] = field(default_factory=list)  # the first few dropped rows, `row N: reason`
+    duplicates: int = 0  # rows repeating an earlier row of the source exactly (kept or dropped: data.duplicates)
     decontaminated: list[dict[str, Any]] = field(default_factory=list)  # every row dropped for a benchmark overlap
 
     def as_dict(self) -> dict[str, Any]:
         return {"source": self.source, "format": self.format, "rows_read": self.rows_read,
                 "rows_kept": self.rows_kept, "rows_not_taken": self.rows_not_taken, "dropped": dict(sorted(self.dropped.items())),
-                "dropped_examples": self.examples, "decontaminated": self.decontaminated}
+                "dropped_examples": self.examples, "duplicates": self.duplicates,
+                "decontaminated": self.decontaminated}
 
 
 @dataclass
@@ -65,37 +67,88 @@ class _BadLine:
 
 
 def _read_local(path: str) -> list[Any] | Dataset:
+    """A local file's rows. A line or row that cannot be decoded becomes a `_BadLine` (counted or fatal as
+    `data.on_bad_row` says); a file that cannot be read at all (truncated archive, JSON syntax, corrupt parquet) is a
+    `DataError` naming it."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise DataError(f"{path}: file not found")
     suffixes = [s for s in p.suffixes if s != ".gz"]
     kind = suffixes[-1] if suffixes else ""
     if kind == ".parquet":
-        return Dataset.from_parquet(str(p))  # arrow-backed; rows are read one at a time while converting
-    opener = gzip.open if p.suffix == ".gz" else open
-    try:
-        with opener(p, "rt", encoding="utf-8") as f:
-            text = f.read()
-    except (UnicodeDecodeError, OSError) as e:
-        raise DataError(f"{path}: cannot be read as UTF-8 text ({e})") from None
+        try:
+            return Dataset.from_parquet(str(p))  # arrow-backed; rows are read one at a time while converting
+        except Exception as e:  # pyarrow raises its own error types for a corrupt file
+            raise DataError(f"{path}: not a readable parquet file ({type(e).__name__}: {str(e)[:200]})") from None
+    if kind not in (".jsonl", ".json", ".csv"):
+        raise DataError(f"{path}: unsupported file type {''.join(p.suffixes)!r}; use .jsonl, .json, .csv or .parquet")
+    text = _read_text(p, path)
     if kind == ".jsonl":
-        rows: list[Any] = []
-        for line in text.splitlines():
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                rows.append(_BadLine(f"undecodable line ({e.msg})"))
-        return rows
+        return [_json_line(line) for line in text.split("\n") if line.strip()]  # only \n ends a JSON line
     if kind == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: not valid JSON at line {e.lineno}, column {e.colno} ({e.msg})") from None
         if not isinstance(data, list):
             raise DataError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
-        return data
-    if kind == ".csv":
-        return list(csv.DictReader(io.StringIO(text)))
-    raise DataError(f"{path}: unsupported file type {''.join(p.suffixes)!r}; use .jsonl, .json, .csv or .parquet")
+        return [_BadLine("invalid UTF-8") if _has_bad_bytes(row) else row for row in data]
+    return _csv_rows(text)
+
+
+def _read_text(p: Path, path: str) -> str:
+    """The file as text. Undecodable bytes are kept as surrogates (`surrogateescape`), so that only the rows holding
+    them are bad; a UTF-8 byte-order mark is dropped."""
+    try:
+        raw = gzip.open(p, "rb").read() if p.suffix == ".gz" else p.read_bytes()
+    except (OSError, EOFError) as e:  # a truncated or corrupt .gz, an unreadable file
+        raise DataError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
+    return raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+
+
+def _has_bad_bytes(value: Any) -> bool:
+    if isinstance(value, str):
+        return any("\udc80" <= c <= "\udcff" for c in value)
+    if isinstance(value, dict):
+        return any(_has_bad_bytes(k) or _has_bad_bytes(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(map(_has_bad_bytes, value))
+    return False
+
+
+def _json_line(line: str) -> Any:
+    if _has_bad_bytes(line):
+        return _BadLine("invalid UTF-8")
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        return _BadLine(f"undecodable line ({e.msg})")
+
+
+def _csv_rows(text: str) -> list[Any]:
+    """CSV rows as dicts; a row whose field count differs from the header's, or that holds invalid UTF-8, is bad."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader)
+    except (StopIteration, csv.Error):
+        return []
+    rows: list[Any] = []
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return rows
+        except csv.Error as e:
+            rows.append(_BadLine(f"malformed CSV ({e})"))
+            continue
+        if not fields:
+            continue
+        if len(fields) != len(header):
+            rows.append(_BadLine(f"malformed CSV ({len(fields)} fields, the header has {len(header)})"))
+        elif _has_bad_bytes(fields):
+            rows.append(_BadLine("invalid UTF-8"))
+        else:
+            rows.append(dict(zip(header, fields)))
 
 
 def _raw_rows(src, stage: str, seed: int) -> tuple[str, list[Any] | Dataset]:
@@ -118,7 +171,7 @@ def _raw_rows(src, stage: str, seed: int) -> tuple[str, list[Any] | Dataset]:
 # ---------------------------------------------------------------------------------------------------- converting
 
 def _convert(name: str, rows: list[Any] | Dataset, src, stage: str,
-             on_bad_row: str) -> tuple[list[tuple[int, dict]], SourceSummary]:
+             data_section) -> tuple[list[tuple[int, dict]], SourceSummary]:
     """Converted rows with their 1-based row numbers in the source, and the source's counts so far."""
     if isinstance(rows, Dataset):
         first = rows[0] if len(rows) else None
@@ -134,22 +187,45 @@ def _convert(name: str, rows: list[Any] | Dataset, src, stage: str,
     except ValueError as e:
         raise DataError(f"{name}: {e}") from None
     summary = SourceSummary(source=name, format=fmt, rows_read=len(rows))
-    kept = []
+    kept, seen = [], set()
     for n, row in enumerate(rows, start=1):
         try:
             if isinstance(row, _BadLine):
                 raise RowError(row.reason)
             if not isinstance(row, dict):
                 raise RowError("not an object")
-            kept.append((n, convert(row)))
+            converted = _converted(convert, row)
         except RowError as e:
-            if on_bad_row == "fail":
+            if data_section.on_bad_row == "fail":
                 raise DataError(f"{name}: row {n}: {e}; fix or remove that row, or set data.on_bad_row: skip") from None
             summary.dropped[e.reason] += 1
             if len(summary.examples) < 5:
                 summary.examples.append(f"row {n}: {e}")
+            continue
+        if stage == "dpo" and data_section.identical_pairs == "drop" and converted["chosen"] == converted["rejected"]:
+            summary.dropped["chosen equals rejected"] += 1
+            continue
+        key = json.dumps(converted, sort_keys=True, ensure_ascii=False)
+        if key in seen:
+            summary.duplicates += 1
+            if data_section.duplicates == "drop":
+                summary.dropped["duplicate"] += 1
+                continue
+        seen.add(key)
+        kept.append((n, converted))
     summary.rows_kept = len(kept)
     return kept, summary
+
+
+def _converted(convert, row: dict) -> dict:
+    """A converter's result; a field of the wrong type (a number where text belongs, a string where turns belong)
+    is a bad row like any other, not a crash."""
+    try:
+        return convert(row)
+    except RowError:
+        raise
+    except (TypeError, AttributeError, KeyError, ValueError, IndexError) as e:
+        raise RowError("malformed row", f"{type(e).__name__}: {e}") from None
 
 
 def _decontamination_index(data_section):
@@ -190,7 +266,7 @@ def read_mixture(data_section, stage: str) -> tuple[Dataset, list[SourceSummary]
     index = _decontamination_index(data_section)
     for i, src in enumerate(data_section.sources):
         name, raw = _raw_rows(src, stage, data_section.seed)
-        numbered, summary = _convert(name, raw, src, stage, data_section.on_bad_row)
+        numbered, summary = _convert(name, raw, src, stage, data_section)
         rows = _decontaminate(numbered, index, summary)
         if not rows:
             raise DataError(f"{name}: no usable rows ({dict(summary.dropped) or 'the source is empty'})")

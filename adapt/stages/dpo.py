@@ -1,16 +1,18 @@
 """The DPO stage: `adapt dpo --config R` or `accelerate launch -m adapt.stages.dpo --config R`.
 
-Reads top to bottom: recipe -> tokenizer -> policy and reference -> data -> trainer -> train -> save.
+Reads top to bottom: recipe -> tokenizer -> data -> policy and reference -> trainer -> train -> save.
 """
 
 from __future__ import annotations
 
 import copy
+import sys
 import time
 
 from transformers import set_seed
 
 from adapt.data.prepare import prepare_data
+from adapt.data.sources import DataError
 from adapt.data.tokenizer import load_tokenizer
 from adapt.model.loading import load_model
 from adapt.stages.common import load_stage_config, prepare_model, train_and_save
@@ -21,12 +23,13 @@ def run(config):
     started = time.time()
     set_seed(config.seed)
     tokenizer = load_tokenizer(config.model)
+    # The data before the model: a bad row or file stops the run in seconds, not after the weights load.
+    with config.main_process_first(local=False, desc="data"):  # rank 0 builds (and caches) the mixture first
+        data = prepare_data(config, tokenizer)
     model = load_model(config.model, tokenizer, seed=config.seed)
     prepare_model(model, config)
     # The reference is passed explicitly: TRL 1.16 fails building one from a model object without a path.
     ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    with config.main_process_first(local=False, desc="data"):  # rank 0 builds (and caches) the mixture first
-        data = prepare_data(config, tokenizer)
     trainer = AdaptDPOTrainer(model=model, ref_model=ref_model, args=config, train_dataset=data.train,
                               eval_dataset=data.eval, processing_class=tokenizer,
                               callbacks=[MetricsJSONLCallback()])
@@ -34,7 +37,11 @@ def run(config):
 
 
 def main(argv=None):
-    run(load_stage_config("dpo", argv))
+    config = load_stage_config("dpo", argv)
+    try:
+        run(config)
+    except DataError as e:
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

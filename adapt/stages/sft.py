@@ -1,15 +1,17 @@
 """The SFT stage: `adapt sft --config R` or `accelerate launch -m adapt.stages.sft --config R`.
 
-Reads top to bottom: recipe -> tokenizer -> model -> data (tokenized, cached) -> trainer -> train -> save.
+Reads top to bottom: recipe -> tokenizer -> data (tokenized, cached) -> model -> trainer -> train -> save.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 from transformers import set_seed
 
 from adapt.data.prepare import prepare_data
+from adapt.data.sources import DataError
 from adapt.data.tokenizer import load_tokenizer
 from adapt.model.loading import load_model
 from adapt.stages.common import load_stage_config, prepare_model, train_and_save
@@ -20,10 +22,11 @@ def run(config):
     started = time.time()
     set_seed(config.seed)
     tokenizer = load_tokenizer(config.model)
-    model = load_model(config.model, tokenizer, seed=config.seed)
-    prepare_model(model, config)
+    # The data before the model: a bad row or file stops the run in seconds, not after the weights load.
     with config.main_process_first(local=False, desc="data"):  # rank 0 builds (and caches) the mixture first
         data = prepare_data(config, tokenizer)
+    model = load_model(config.model, tokenizer, seed=config.seed)
+    prepare_model(model, config)
     # The rows are already tokenized, masked and packed exactly as SFTTrainer would (adapt/data/tokenize.py).
     config.dataset_kwargs = {**(config.dataset_kwargs or {}), "skip_prepare_dataset": True}
     trainer = AdaptSFTTrainer(model=model, args=config, train_dataset=data.train, eval_dataset=data.eval,
@@ -32,7 +35,11 @@ def run(config):
 
 
 def main(argv=None):
-    run(load_stage_config("sft", argv))
+    config = load_stage_config("sft", argv)
+    try:
+        run(config)
+    except DataError as e:
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
