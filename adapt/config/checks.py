@@ -25,7 +25,7 @@ class RecipeError(ValueError):
 
 
 def suggest(key: str, known: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1, cutoff=0.6)
     return f"did you mean `{close[0]}`?" if close else "remove it (see the recipe reference in README.md)"
 
 
@@ -70,7 +70,10 @@ def matches(value: Any, annotation: Any) -> bool:
             return False
         return not args or all(matches(v, args[0]) for v in value)
     if origin is dict or annotation is dict:
-        return isinstance(value, dict)
+        if not isinstance(value, dict):
+            return False
+        key_type, value_type = args if len(args) == 2 else (Any, Any)
+        return all(matches(k, key_type) and matches(v, value_type) for k, v in value.items())
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return value in {m.value for m in annotation} or isinstance(value, annotation)
     if dataclasses.is_dataclass(annotation):

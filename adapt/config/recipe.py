@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from adapt.config import yamlfile
 from adapt.config.checks import RecipeError, coerce_scalar, describe, matches, suggest
 from adapt.config.limits import check_ranges, non_finite
 from adapt.config.sections import SECTION_TYPES, DataSource
@@ -64,7 +64,7 @@ def load_recipe(path: str | os.PathLike, overrides: typing.Sequence[str] = (), *
 
 def read_recipe(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> dict[str, Any]:
     """The recipe as a plain dict with the overrides applied, not yet validated."""
-    raw = _read_yaml(str(path))
+    raw = yamlfile.read(str(path))
     for item in overrides:
         _apply_override(raw, item, str(path))
     return raw
@@ -76,9 +76,9 @@ def build_config(raw: dict[str, Any], file: str | None = None, *, check_paths: b
 
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
-            raise RecipeError(file, key, "unknown top-level key", suggest(key, TOP_LEVEL_KEYS))
+            raise RecipeError(file, str(key), "unknown top-level key", suggest(str(key), TOP_LEVEL_KEYS))
     recipe_stage = raw.get("stage")
-    if recipe_stage not in STAGE_CONFIGS:
+    if not isinstance(recipe_stage, str) or recipe_stage not in STAGE_CONFIGS:
         raise RecipeError(file, "stage", f"must be one of {sorted(STAGE_CONFIGS)}, got {recipe_stage!r}",
                           "add `stage: sft` or `stage: dpo` at the top of the recipe")
     if stage is not None and recipe_stage != stage:
@@ -89,8 +89,8 @@ def build_config(raw: dict[str, Any], file: str | None = None, *, check_paths: b
 
     sections = {name: _section(raw.get(name) or {}, cls, name, file) for name, cls in SECTION_TYPES.items()}
     training = _training(raw.get("training") or {}, TRL_CONFIGS[recipe_stage], STAGE_CONFIGS[recipe_stage], file)
-    _check_contradictions(recipe_stage, sections, training, file)
     check_ranges(recipe_stage, sections, training, file)
+    _check_contradictions(recipe_stage, sections, training, file)
     _check_loss_reduction(recipe_stage, training, file)
     if sections["data"].strip is None:  # open-instruct strips every message it renders with the tulu template
         sections["data"].strip = sections["model"].chat_template == "tulu"
@@ -112,47 +112,14 @@ def build_config(raw: dict[str, Any], file: str | None = None, *, check_paths: b
 
 # ----------------------------------------------------------------------------------------------------------- reading
 
-class _RecipeLoader(yaml.SafeLoader):
-    """YAML with the 1.2 booleans: only true/false. YAML 1.1 also reads yes/no/on/off (and y/n) as booleans, which
-    turned `training.save_strategy=no` into False; here they stay strings (a bool field then says what it expects)."""
-
-
-_BOOL = "tag:yaml.org,2002:bool"
-_RecipeLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_RecipeLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-
-
-def _yaml(text_or_stream) -> Any:
-    return yaml.load(text_or_stream, Loader=_RecipeLoader)  # noqa: S506  a SafeLoader subclass
-
-
-def _read_yaml(file: str) -> dict[str, Any]:
-    if not os.path.isfile(file):
-        raise RecipeError(file, "--config", "recipe file not found", "check the path (recipes live under recipes/)")
-    try:
-        with open(file, encoding="utf-8") as f:
-            raw = _yaml(f)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "YAML"
-        raise RecipeError(file, where, f"not valid YAML ({getattr(e, 'problem', e)})", "fix the syntax") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise RecipeError(file, "(top level)", "a recipe must be a mapping of sections", "see recipes/demo/sft.yaml")
-    return raw
-
-
 def _apply_override(raw: dict[str, Any], item: str, file: str) -> None:
     if "=" not in item:
         raise RecipeError(file, item, "an override must look like `section.key=value`",
                           "e.g. `training.learning_rate=1e-4`")
     dotted, text = item.split("=", 1)
     try:
-        value = _yaml(text) if text else None
-    except yaml.YAMLError:
+        value = yamlfile.parse(text) if text else None
+    except (yaml.YAMLError, RecursionError):
         value = text
     node: Any = raw
     parts = dotted.strip().split(".")
@@ -219,7 +186,7 @@ def _training(values: Any, trl_cls, stage_cls, file: str | None) -> dict[str, An
             raise RecipeError(file, f"training.{key}", "is set through the toolkit's own section",
                               f"set `{OWNED_TRAINING_KEYS[key]}` instead")
         if key not in fields:
-            fix = RENAMED_TRAINING_KEYS.get(key) or suggest(key, fields)
+            fix = RENAMED_TRAINING_KEYS.get(key) or suggest(str(key), fields)
             raise RecipeError(file, f"training.{key}", f"unknown {trl_cls.__name__} field", fix)
         out[key] = _checked(value, hints[key], f"training.{key}", file)
     if not out.get("output_dir"):

@@ -24,7 +24,10 @@ from adapt.data.tokenize import SOURCE_COLUMN
 
 
 class DataError(ValueError):
-    """A data problem, naming the source (file or dataset) and, where there is one, the row."""
+    """A data problem, naming the source (file or dataset) and, where there is one, the row; always one line."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
 
 
 @dataclass
@@ -79,7 +82,7 @@ def _read_local(path: str) -> list[Any] | Dataset:
         try:
             return Dataset.from_parquet(str(p))  # arrow-backed; rows are read one at a time while converting
         except Exception as e:  # pyarrow raises its own error types for a corrupt file
-            raise DataError(f"{path}: not a readable parquet file ({type(e).__name__}: {str(e)[:200]})") from None
+            raise DataError(f"{path}: not a readable parquet file ({type(e).__name__}: {str(e)[:300]})") from None
     if kind not in (".jsonl", ".json", ".csv"):
         raise DataError(f"{path}: unsupported file type {''.join(p.suffixes)!r}; use .jsonl, .json, .csv or .parquet")
     text = _read_text(p, path)
