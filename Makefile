@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q $(TORCH)
 	$(VENV)/bin/python -m pip install -q -e ".[dev]"
+	# bubblewrap isolates the code tasks' model-written programs (eval/sandbox.py); installed where we are root
+	command -v bwrap >/dev/null || (test "$$(id -u)" = 0 && (apt-get install -y -qq bubblewrap || \
+		(apt-get update -qq && apt-get install -y -qq bubblewrap)) >/dev/null 2>&1) || \
+		echo "warning: bubblewrap is not installed: code tasks (HumanEval, MBPP) will refuse to run (see eval/README.md)"
 	# nltk's punkt_tab data for IFEval, offline: the llama-index-core wheel bundles it (data only, no deps)
 	$(VENV)/bin/python -m pip install -q --no-deps --target $(VENV)/adapt-nltk llama-index-core==0.14.25
 	touch $(STAMP)

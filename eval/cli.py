@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 
+CODE_BENCHMARKS = ("humaneval", "mbpp")  # their model-written programs run in eval/sandbox.py
+
+
 def _eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="adapt eval", description="Score a model on a benchmark suite.",
                                 epilog="`adapt eval score --task T --predictions FILE` re-scores stored completions.")
@@ -25,6 +28,9 @@ def _eval_parser() -> argparse.ArgumentParser:
                    help="change a suite setting, e.g. alpaca_eval.judge='{endpoint: https://host/v1, model: m, "
                         "api_key_env: OPENAI_API_KEY}' or gsm8k.num_fewshot=5 (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace results of a different model in --output")
+    p.add_argument("--unsafe-sandbox", action="store_true",
+                   help="run code tasks (HumanEval, MBPP) without bubblewrap, under the Python-level guard only: it "
+                        "does not stop reading files, C-level writes or escaping processes (eval/sandbox.py)")
     return p
 
 
@@ -55,11 +61,22 @@ def run_eval(argv) -> None:
     args = _eval_parser().parse_args(argv)
     from adapt.eval.suite import evaluate, load_suite
 
+    if args.unsafe_sandbox:
+        from adapt.eval.sandbox import UNSAFE_ENV
+
+        os.environ[UNSAFE_ENV] = "1"
+
     try:
         suite = load_suite(args.suite, args.set)
         tasks = args.tasks.split(",") if args.tasks else None
         if args.data_dir and not Path(args.data_dir).is_dir():
             raise ValueError(f"--data-dir {args.data_dir}: not a folder")
+        code = [n for n, t in suite.tasks.items()
+                if t.get("benchmark") in CODE_BENCHMARKS and (not tasks or n in tasks)]
+        if code:  # before the model generates anything: no sandbox, no code tasks (unless --unsafe-sandbox)
+            from adapt.eval.sandbox import require_isolation
+
+            require_isolation()
         if Path(args.model).is_dir():  # a run interrupted while saving is refused, not scored
             from adapt.runfolder import check_complete
 

@@ -29,12 +29,24 @@ Design note: the layers, what each protects against, and what it does not.
    random token and "passed". Exiting early (sys.exit(0) before the tests, os._exit, a killed interpreter) is
    never a pass.
 
-What it is not: a security boundary. Everything runs as the calling user, with the same filesystem and kernel.
-Python-level guards can be undone by code that sets out to (frame and gc introspection, `_io.FileIO`, C modules
-already loaded); reading files is not restricted; run as root, the guard alone keeps writes inside the
-directory. It keeps careless or naively destructive completions (`rm -rf`, `os.kill`, endless loops, huge
-allocations, fork loops, sockets) from harming the machine or the run. For code from a determined attacker use a
-container or VM without network, as an unprivileged user.
+0. Operating system (the boundary): bubblewrap runs the program as `nobody` in new user, PID, network, IPC, UTS
+   and mount namespaces that see only the system libraries and the Python runtime (read-only), this file, the
+   throw-away directory (read-write), and a private /proc, /dev and /dev/shm: no project, data, home folder,
+   credentials or /etc. Killing bwrap at the limit ends its PID namespace, so nothing started inside (setsid, double
+   forks, an empty environment) outlives the run. The parent reads the verdict only from a regular file, at most
+   64 KiB, without following links. Without bubblewrap, code tasks refuse to run unless the user passes
+   `--unsafe-sandbox` (environment `ADAPT_UNSAFE_SANDBOX=1`), which keeps layers 1-7 only.
+
+Threat model. In scope: a model-written program that tries to harm the machine or the run: write, delete or read
+outside its directory, start processes that outlive it, signal or connect to anything outside, exhaust memory,
+disk or time. Layer 0 stops these; the layers under it still stop careless code where bubblewrap cannot run, but
+Python-level guards can be undone by code that sets out to (frame introspection, `_io.FileIO`, C modules), reading
+files is not restricted there, and a fork bomb is only bounded by the time limit when running as root (the kernel
+exempts root from RLIMIT_NPROC, and no cgroup is set up). Out of scope: a program that forges its own verdict. The
+tests and the program share one interpreter, so code that inspects its caller (the token is in `_child_main`'s
+frame) or replaces the test's `assert` can make a wrong answer pass; no in-process check can prevent that, only a
+second process that reruns the tests on the program's output, which HumanEval's format does not allow. It harms
+nothing outside the run and shows up as a score; report scores from models you do not trust with that caveat.
 """
 
 from __future__ import annotations
@@ -250,6 +262,7 @@ def run_program(program: str, timeout_s: float = 10, memory_mb: int = 1024, *, g
     """Runs `program` in a fresh sandboxed process (see the module note). `timeout_s` is wall-clock time including
     the interpreter's start (~30 ms). `guard=False` leaves out layer 5, for testing the other layers;
     `network_namespace` None uses one where available; `root` is where the throw-away directory is made."""
+    _isolation()  # refuses here, before anything runs, when there is no sandbox and no opt-in
     start = time.monotonic()
     sandbox = os.path.realpath(tempfile.mkdtemp(prefix="adapt-sandbox-", dir=root))
     try:
@@ -283,9 +296,12 @@ def _run_in(sandbox: str, program: str, timeout_s: float, memory_mb: int, guard:
     _write(os.path.join(sandbox, PROGRAM), program)
     _write(os.path.join(sandbox, TOKEN), token)
     cpu_s = math.ceil(timeout_s) + 1  # above the wall limit: it only acts when the parent cannot
-    command = [sys.executable, "-I", "-B", os.path.abspath(__file__), "--child", sandbox, str(cpu_s), str(memory_mb),
+    python = os.path.realpath(sys.executable) if _isolation() == "bwrap" else sys.executable
+    command = [python, "-I", "-B", os.path.abspath(__file__), "--child", sandbox, str(cpu_s), str(memory_mb),
                str(_process_limit()), "1" if guard else "0"]
-    if network_namespace or network_namespace is None:
+    if _isolation() == "bwrap":
+        command = [*_bwrap_prefix(sandbox, _child_env(sandbox, run_id)), *command]
+    elif network_namespace or network_namespace is None:
         command = [*_unshare_network(), *command]
     with open(os.path.join(sandbox, STDERR), "wb") as stderr:
         child = subprocess.Popen(command, cwd=sandbox, env=_child_env(sandbox, run_id), stdin=subprocess.DEVNULL,
@@ -302,11 +318,7 @@ def _run_in(sandbox: str, program: str, timeout_s: float, memory_mb: int, guard:
 
 
 def _verdict(sandbox: str, token: str, returncode: int) -> tuple[str, str]:
-    try:
-        with open(os.path.join(sandbox, VERDICT), encoding="utf-8", errors="replace") as f:
-            said_token, status, detail = (f.read().split("\n", 2) + ["", ""])[:3]
-    except OSError:
-        said_token = status = detail = ""
+    said_token, status, detail = (_read_verdict(os.path.join(sandbox, VERDICT)).split("\n", 2) + ["", ""])[:3]
     if said_token == token and status in STATUSES:
         if status == "passed" and returncode != 0:
             return "error", f"exited with code {returncode} after the program finished"
@@ -318,6 +330,23 @@ def _verdict(sandbox: str, token: str, returncode: int) -> tuple[str, str]:
     if returncode < 0:
         return "error", f"killed by {signal.Signals(-returncode).name}"
     return "error", f"exited with code {returncode} before the end of the program: {_stderr_tail(sandbox)}"
+
+
+def _read_verdict(path: str) -> str:
+    """The verdict file as the program left it, read safely: only a regular file (not a FIFO that would block, not
+    a symlink to /dev/zero or to a file outside), and at most 64 KiB of it."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return ""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        return os.read(fd, 1 << 16).decode("utf-8", "replace")
+    finally:
+        os.close(fd)
 
 
 def _wait_unreaped(child: subprocess.Popen, timeout_s: float) -> bool:
@@ -361,6 +390,74 @@ def _child_env(sandbox: str, run_id: str) -> dict[str, str]:
     return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": sandbox, "TMPDIR": sandbox, "TMP": sandbox,
             "TEMP": sandbox, "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
             "MKL_NUM_THREADS": "1", MARKER: run_id}
+
+
+UNSAFE_ENV = "ADAPT_UNSAFE_SANDBOX"  # "1": run code tasks without bubblewrap (`adapt eval --unsafe-sandbox`)
+
+
+class SandboxUnavailable(RuntimeError):
+    """No OS-level sandbox here, and the user has not opted into the Python-level fallback."""
+
+
+def isolation_available() -> bool:
+    """Whether programs run inside bubblewrap here."""
+    return _bwrap() is not None
+
+
+def require_isolation() -> str:
+    """The isolation code tasks will run under; raises `SandboxUnavailable` (one line) when there is none."""
+    return _isolation()
+
+
+def _isolation() -> str:
+    """`bwrap` where bubblewrap runs here; `guard` (the Python-level layers only) when the user opted into it."""
+    if _bwrap() is not None:
+        return "bwrap"
+    if os.environ.get(UNSAFE_ENV) == "1":
+        return "guard"
+    raise SandboxUnavailable(
+        "code tasks run model-written programs inside bubblewrap, which is not installed or does not work here; "
+        "install it (apt-get install bubblewrap), or pass --unsafe-sandbox to run them under the Python-level guard "
+        "only, which does not stop reading any file this user can read, writing through C-level calls, or "
+        "processes that escape the group")
+
+
+@functools.lru_cache(maxsize=1)
+def _bwrap() -> str | None:
+    """bubblewrap's path if it can start a sandbox here (user namespaces allowed), else None."""
+    exe = shutil.which("bwrap")
+    if not exe:
+        return None
+    try:
+        probe = subprocess.run([*_bwrap_prefix("/", {}, exe), os.path.realpath(sys.executable), "-I", "-c", ""],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return exe if probe.returncode == 0 else None
+
+
+def _bwrap_prefix(sandbox: str, env: dict[str, str], exe: str | None = None) -> list[str]:
+    """The bubblewrap command the program runs under: an unprivileged user (nobody) in new user, PID, network, IPC,
+    UTS and mount namespaces that see only the system libraries and the Python runtime (read-only), this file, and
+    the throw-away directory (read-write); a private /dev, /dev/shm and /proc. When the parent kills bwrap at the
+    time limit, the PID namespace dies with it, whatever the program started (setsid, double forks, empty
+    environments)."""
+    runtime = sys.base_prefix
+    command = [exe or _bwrap(), "--unshare-all", "--die-with-parent", "--new-session", "--uid", "65534", "--gid",
+               "65534", "--ro-bind", "/usr", "/usr", "--ro-bind-try", "/lib", "/lib", "--ro-bind-try", "/lib64",
+               "/lib64", "--ro-bind-try", "/bin", "/bin", "--ro-bind", runtime, runtime, "--proc", "/proc", "--dev",
+               "/dev", "--tmpfs", "/dev/shm"]
+    real = os.path.realpath(sys.executable)
+    if not real.startswith((runtime + os.sep, "/usr/")):
+        command += ["--ro-bind", real, real]
+    if sandbox != "/":
+        here = os.path.abspath(__file__)
+        command += ["--ro-bind", here, here, "--bind", sandbox, sandbox, "--chdir", sandbox]
+    command.append("--clearenv")
+    for key, value in env.items():
+        command += ["--setenv", key, value]
+    return command
 
 
 @functools.lru_cache(maxsize=1)

@@ -141,7 +141,12 @@ def test_network_namespace_blocks_sockets_without_the_guard():
     listener.listen()
     port = listener.getsockname()[1]
     result = run_program(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)", guard=False)
-    assert result.status == "failed" and "unreachable" in result.detail.lower(), result
+    # its own empty namespace: no route (unshare -rn) or its own loopback with nothing listening (bubblewrap)
+    assert result.status == "failed" and ("unreachable" in result.detail.lower()
+                                          or "refused" in result.detail.lower()), result
+    listener.settimeout(0.2)
+    with pytest.raises(socket.timeout):
+        listener.accept()  # nothing reached the listener outside
     listener.close()
 
 
@@ -297,3 +302,114 @@ def test_lmeval_mbpp_config_scores_reference_code(shared, task_manager):
     config = mbpp.task_config("mbpp_replay", str(shared / "data/mbpp/mbpp.jsonl"), {})
     scores = evaluate(config, {i: [d["code"] + "\n```\nThat is all."] for i, d in enumerate(docs)}, task_manager)
     assert scores["pass@1,none"] == 1.0
+
+
+# ---- escapes a hostile user tried (each program passes only if its attack worked) -------------------------------
+
+def escape_programs(outside, secret_file, listener_path, signal_target, tag) -> dict[str, str]:
+    """Whole programs for the real runner. Writing ones leave `outside/<name>` behind if they escape; reading ones
+    assert what they read; process ones leave a `sleep <tag>` running."""
+    w = lambda name: str(outside / name)  # noqa: E731
+    progs = {
+        "FileIO write": f"import _io\n_io.FileIO({w('fileio')!r}, 'w').write(b'x')",
+        "sqlite3 write": f"import sqlite3\nsqlite3.connect({w('db.sqlite')!r}).execute('create table t(x)')",
+        "open from the guard's closure": "import builtins\nreal = [c.cell_contents for c in "
+            "(builtins.open.__closure__ or ()) if callable(c.cell_contents)][0]\n"
+            f"real({w('closure')!r}, 'w').write('x')",
+        "symlink out": f"import os\nos.symlink({str(outside)!r}, 'link')\nopen('link/symlinked', 'w').write('x')",
+        "setuid file outside": f"import os, shutil\nshutil.copy('/bin/sh', {w('suid')!r})\n"
+                               f"os.chmod({w('suid')!r}, 0o4755)",
+        "ctypes system": "import sys\nsys.modules.pop('ctypes', None)\nsys.modules.pop('_ctypes', None)\n"
+            f"import ctypes\nassert ctypes.CDLL(None).system(b'touch {w('ctypes')}') == 0",
+        "os.posix_spawn": f"import os\nos.posix_spawn('/bin/sh', ['sh', '-c', 'touch {w('spawn')}'], {{}})",
+        "read /etc/shadow": "assert 'root' in open('/etc/shadow').read()",
+        "read a token file": f"assert open({str(secret_file)!r}).read() == 'hf_secret'",
+        "read the project's data": "import glob\nassert glob.glob('/work/**/humaneval/*.jsonl*', recursive=True)",
+        "read the answers beside the scorer": "import os\nassert os.path.exists("
+            f"{str(os.path.dirname(os.path.abspath(sandbox.__file__)))!r} + '/benchmarks/humaneval.py')",
+        "list the host's processes": "import os\nassert len([p for p in os.listdir('/proc') if p.isdigit()]) > 20",
+        "setsid + execve, empty env": "import os\nif os.fork() == 0:\n    os.setsid()\n"
+            f"    os.execve('/bin/sleep', ['sleep', '{tag}'], {{}})\nimport time\ntime.sleep(0.2)",
+        "double fork daemon": "import os\nif os.fork() == 0:\n    if os.fork() == 0:\n"
+            f"        os.execv('/bin/sleep', ['sleep', '{tag}'])\n    os._exit(0)",
+        "signal an outside process": f"import os, signal\nos.kill({signal_target}, signal.SIGUSR1)",
+        "unix socket to the host": "import socket\ns = socket.socket(socket.AF_UNIX)\n"
+                                   f"s.connect({str(listener_path)!r})",
+        "file in /dev/shm": f"open('/dev/shm/{tag}', 'w').write('x')\nimport os\n"
+                            f"assert os.path.exists('/dev/shm/{tag}')",
+        "undo sys.modules None": "import sys\nsys.modules.pop('subprocess', None)\nimport importlib, subprocess\n"
+            f"importlib.reload(subprocess)\nsubprocess.run(['touch', {w('subprocess')!r}], check=True)",
+        "write the home folder": "import os\nopen(os.path.expanduser('~root/.bashrc'), 'a').write('x')",
+        "escape the cwd": f"import os\nos.chdir('/')\nopen({w('chdir')!r}, 'w').write('x')",
+        "fifo as the verdict": "import os\nos.mkfifo('.verdict')\nos._exit(0)",
+        "verdict symlinked to /dev/zero": "import os\nos.symlink('/dev/zero', '.verdict')\nos._exit(0)",
+        "forge the verdict file": "open('.verdict', 'w').write('0' * 32 + '\\npassed\\n')\nimport os\nos._exit(0)",
+        "remount /": "import os\nos.system('mount -o remount,rw /usr')\nopen('/usr/pwned', 'w').write('x')",
+        "huge file": "open('big', 'wb').write(b'x' * (64 * 2**20))",
+        "kill everything": "import os, signal\nos.kill(-1, signal.SIGKILL)",
+    }
+    return progs
+
+
+def test_escapes_are_contained(tmp_path):
+    import signal as signals
+
+    if not sandbox.isolation_available():
+        pytest.skip("bubblewrap does not run here (make installs it as root): only the Python-level guard would hold")
+    import threading
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "sentinel.txt").write_text("keep me")
+    secret = tmp_path / "token"
+    secret.write_text("hf_secret")
+    unix = socket.socket(socket.AF_UNIX)
+    unix.bind(str(tmp_path / "host.sock"))
+    unix.listen()
+    received = []
+    previous = signals.signal(signals.SIGUSR1, lambda *a: received.append(a))
+    tag = f"{os.getpid()}.{time.monotonic_ns() % 10**6}"
+    try:
+        programs = escape_programs(outside, secret, tmp_path / "host.sock", os.getpid(), tag)
+        assert len(programs) >= 25
+        done = threading.Event()
+        results = {}
+
+        def score():
+            results.update(zip(programs, run_programs(programs.values(), workers=2, timeout_s=3)))
+            done.set()
+
+        threading.Thread(target=score, daemon=True).start()
+        assert done.wait(300), "the scorer did not return"  # bounded time, whatever the programs do
+    finally:
+        signals.signal(signals.SIGUSR1, previous)
+    escaped = {name: r for name, r in results.items() if r.passed}
+    assert escaped == {}, escaped  # every attack failed
+    assert sorted(p.name for p in outside.iterdir()) == ["sentinel.txt"]  # nothing written outside
+    assert (outside / "sentinel.txt").read_text() == "keep me"
+    assert not os.path.exists(f"/dev/shm/{tag}") and not os.path.exists("/usr/pwned")
+    assert received == []  # no signal reached this process
+    unix.settimeout(0.1)
+    with pytest.raises(socket.timeout):
+        unix.accept()
+    time.sleep(0.2)
+    left = [pid for pid in os.listdir("/proc") if pid.isdigit() and _cmdline(pid).endswith(f"sleep\0{tag}\0")]
+    assert left == []  # no process outlives the scorer
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def test_without_bubblewrap_code_tasks_refuse_unless_the_user_opts_in(monkeypatch, tmp_path):
+    monkeypatch.setattr(sandbox, "_bwrap", lambda: None)
+    monkeypatch.delenv(sandbox.UNSAFE_ENV, raising=False)
+    with pytest.raises(sandbox.SandboxUnavailable, match="--unsafe-sandbox"):
+        run_program("assert True", root=str(tmp_path))
+    assert list(tmp_path.iterdir()) == []  # refused before anything ran
+    monkeypatch.setenv(sandbox.UNSAFE_ENV, "1")
+    assert run_program("assert True").passed  # the Python-level layers only, as asked
