@@ -195,7 +195,7 @@ def _training(values: Any, trl_cls, stage_cls, file: str | None) -> dict[str, An
 
 
 def _check_contradictions(stage: str, s: dict[str, Any], training: dict[str, Any], file: str | None) -> None:
-    model, data, router, parallel, hub = s["model"], s["data"], s["router"], s["parallel"], s["hub"]
+    model, data, parallel, hub = s["model"], s["data"], s["parallel"], s["hub"]
     if (model.name_or_path is None) == (model.config is None):
         raise RecipeError(file, "model", "give exactly one of `name_or_path` (load weights) or `config` (random init)",
                           "keep the one you mean")
