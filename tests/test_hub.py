@@ -212,6 +212,18 @@ def test_transient_503_on_commit_is_retried_into_exactly_one_commit(runs, hub):
     assert len(hub.commits) == 1 and "model.safetensors" in hub.files("org/retry")
 
 
+def test_a_persistent_failure_ends_in_one_line_after_the_retries(runs, hub, monkeypatch):
+    hub.fail_next("commit", 503, times=push_module.RETRIES + 1)
+    with pytest.raises(PublishError) as e:
+        push_run(runs["dpo"], "org/down")
+    message = str(e.value)
+    assert f"after {push_module.RETRIES + 1} attempts" in message and "nothing was committed" in message
+    assert "\n" not in message and hub.commits == []
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens: connection refused
+    with pytest.raises(PublishError, match="could not take the push"):
+        push_run(runs["dpo"], "org/down")
+
+
 @pytest.mark.parametrize("token, status, fix", [("hf_wrong", "401", "hf auth login"),
                                                  ("hf_test_read", "403", "write access")])
 def test_auth_errors_are_one_clear_line_and_commit_nothing(runs, hub, monkeypatch, token, status, fix):

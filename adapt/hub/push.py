@@ -185,15 +185,24 @@ def _hub_call(fn, repo_id: str):
         except OfflineModeIsEnabled:
             raise PublishError("HF_HUB_OFFLINE is set: unset it to push (or write the folder with --dry-run)") from None
         except Exception as e:
-            if attempt < RETRIES and _transient(e):
-                wait = RETRY_BASE_S * 2 ** attempt
-                print(f"adapt push: transient error ({str(e).splitlines()[0]}); retry {attempt + 1}/{RETRIES} in "
-                      f"{wait:g}s", file=sys.stderr)
-                time.sleep(wait)
-                continue
+            if _transient(e):
+                if attempt < RETRIES:
+                    wait = RETRY_BASE_S * 2 ** attempt
+                    print(f"adapt push: transient error ({_first_line(e)}); retry {attempt + 1}/{RETRIES} in "
+                          f"{wait:g}s", file=sys.stderr)
+                    time.sleep(wait)
+                    continue
+                raise PublishError(f"the Hub could not take the push to {repo_id} after {RETRIES + 1} attempts "
+                                   f"({_first_line(e)}); nothing was committed. Fix: check the network or the Hub's "
+                                   f"status, then run the same command again (a push is one commit, so a retry "
+                                   f"never commits twice)") from None
             if isinstance(e, HfHubHTTPError):
                 raise PublishError(explain(e, repo_id)) from None
             raise
+
+
+def _first_line(error: BaseException) -> str:
+    return next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)[:200]
 
 
 def explain(error, repo_id: str) -> str:
@@ -223,7 +232,7 @@ def push_from_recipe(run_dir: str | Path, hub) -> PushResult:
         result = push_run(run_dir, hub.repo_id, private=hub.private, revision=hub.revision,
                           force=hub.allow_overwrite, options=options)
     except PublishError as e:
-        sys.exit(f"error: {e}\n(the run is saved in {run_dir}; push it with `adapt push {run_dir} --repo-id "
+        sys.exit(f"error: {e} (the run is saved in {run_dir}; push it with `adapt push {run_dir} --repo-id "
                  f"{hub.repo_id}`)")
     print(f"pushed {run_dir} to {result.repo_id}@{result.revision}: {result.commit_url}")
     return result
