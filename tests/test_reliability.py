@@ -174,3 +174,46 @@ def test_a_folder_interrupted_while_saving_is_refused_by_every_reader(tmp_path):
     # The complete folder is accepted, and its record lists what it holds
     record = json.loads((run / "run.json").read_text())
     assert record["complete"] and "model.safetensors" in record["files"] and "tokenizer.json" in record["files"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs: a disk that fills up. Mounting needs root; elsewhere the test skips, saying so."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root): the full-disk path is not exercised")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_marked_complete(tmp_path, small_disk):
+    from adapt.data.prepare import prepare_data
+    from adapt.data.sources import DataError
+    from adapt.data.tokenizer import load_tokenizer
+    from adapt.stages import sft
+
+    with pytest.raises(SystemExit) as info:  # the weights (about 100 KB) do not fit
+        sft.run(load_recipe(tiny(tmp_path, out=small_disk / "run")))
+    message = str(info.value)
+    assert message.startswith(f"error: {small_disk / 'run'}: writing the run failed") and "\n" not in message
+    assert "No space left" in message and not (small_disk / "run" / "run.json").exists()
+
+    shutil.rmtree(small_disk / "run")
+    (small_disk / "ballast").write_bytes(b"x" * 60_000)  # the cache's entry does not fit either
+    config = load_recipe(tiny(tmp_path), [f"data.cache_dir={small_disk / 'cache'}"])
+    with pytest.raises(DataError, match="cannot write the tokenized mixture") as info:
+        prepare_data(config, load_tokenizer(config.model))
+    assert "\n" not in str(info.value)
+    assert [p.name for p in (small_disk / "cache").iterdir()] == []  # no temporary folder left behind
+
+
+def test_an_unwritable_output_dir_is_one_line(tmp_path):
+    from adapt.runfolder import RunFolderError
+
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(RecipeError, match="a-file is a file, not a folder"):  # refused by the recipe check
+        load_recipe(tiny(tmp_path, out=tmp_path / "a-file" / "run"))
+    with pytest.raises(RunFolderError, match="cannot write the run folder") as info:  # and when the stage claims it
+        RunLock(tmp_path / "a-file" / "run").acquire()
+    assert "\n" not in str(info.value)

@@ -308,9 +308,12 @@ def _check_output_dir(output_dir: str, overwrite: bool, file: str | None) -> Non
     from adapt.runfolder import holds_run
 
     out = Path(output_dir)
-    if out.exists() and not out.is_dir():
-        raise RecipeError(file, "training.output_dir", f"{output_dir} is a file, not a folder",
+    existing = next(p for p in (out, *out.parents) if p.exists())  # the folder itself or the nearest parent
+    if not existing.is_dir():
+        raise RecipeError(file, "training.output_dir", f"{existing} is a file, not a folder",
                           "choose a folder path for the run")
+    if not os.access(existing, os.W_OK):
+        raise RecipeError(file, "training.output_dir", f"{existing} is not writable", "choose a writable folder")
     if holds_run(out) and not overwrite:
         raise RecipeError(file, "training.output_dir", f"{output_dir} already holds a run and would be overwritten",
                           "choose another output_dir, or pass --overwrite to replace it")

@@ -104,18 +104,24 @@ def load_entry(cache_dir: Path, key: str) -> tuple[Dataset, Dataset | None, dict
 
 
 def save_entry(cache_dir: Path, key: str, train: Dataset, held_out: Dataset | None, summary: dict) -> Path:
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_dir))
+    """Write an entry under a temporary name and rename it into place. A failure (a full disk, an unwritable
+    folder) removes the temporary folder and is one line naming the cache folder."""
+    from adapt.data.sources import DataError
+
+    tmp = None
     try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_dir))
         train.save_to_disk(str(tmp / "train"))
         if held_out is not None:
             held_out.save_to_disk(str(tmp / "eval"))
         # summary.json last: its presence is what marks the entry complete
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         os.replace(tmp, cache_dir / key)
-    except OSError:
-        if (cache_dir / key / "summary.json").is_file():  # another process finished the same entry first
+    except OSError as e:
+        if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            raise
+        if not (cache_dir / key / "summary.json").is_file():  # unless another process finished the same entry
+            raise DataError(f"data.cache_dir {cache_dir}: cannot write the tokenized mixture ({e.strerror or e}). Fix: "
+                            f"free space there, point data.cache_dir elsewhere, or set data.cache: false") from None
     return cache_dir / key

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import platform
@@ -12,9 +13,14 @@ import time
 from pathlib import Path
 
 import yaml
+from safetensors import SafetensorError
 
 from adapt.runfolder import RunFolderError, RunLock, clear, holds_run, write_marker
 from adapt.trainers.guards import NonFiniteLossError
+
+
+# A full disk, a quota, a read-only or unwritable folder: said in one line instead of a traceback.
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
 
 
 def stage_parser(stage: str) -> argparse.ArgumentParser:
@@ -178,6 +184,12 @@ def train_and_save(trainer, config, tokenizer, started: float, data_summary: dic
         out = save_run(trainer, config, tokenizer, started, data_summary)
     except NonFiniteLossError as e:
         sys.exit(f"error: {e}")
+    except (OSError, SafetensorError) as e:
+        if isinstance(e, OSError) and e.errno not in DISK_ERRORS:
+            raise
+        sys.exit(f"error: {config.output_dir}: writing the run failed ({getattr(e, 'strerror', None) or e}); the "
+                 f"folder is not marked complete. Fix: free space there or choose another training.output_dir, then "
+                 f"run again (resume from the last checkpoint with training.resume_from_checkpoint=latest)")
     finally:
         if lock is not None:
             lock.release()
