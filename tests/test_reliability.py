@@ -64,6 +64,9 @@ def test_nan_and_inf_are_refused_in_every_numeric_field(tmp_path):
     ("model.config.num_experts_per_tok=8", "model.config.num_experts_per_tok"),
     ("model.config.hiden_size=64", "model.config.hiden_size"),
     ("model.config.num_hidden_layers=0", "model.config.num_hidden_layers"),
+    ("data.sources.0.task=reverze", "data.sources[0].task"),
+    ("data.sources.0.format=chosen_rejected", "data.sources[0].format"),
+    ("model.tokenizer=builtin:nope", "model.tokenizer"),
 ])
 def test_out_of_range_values_are_refused(tmp_path, override, key):
     with pytest.raises(RecipeError) as info:

@@ -211,11 +211,25 @@ def _check_contradictions(stage: str, s: dict[str, Any], training: dict[str, Any
                           "set `model.tokenizer` to a Hub id, a folder or `builtin:<name>`")
     if not data.sources:
         raise RecipeError(file, "data.sources", "no training data", "list at least one source (path, hub or task)")
+    from adapt.data.formats import PREFERENCE_FORMATS, SFT_FORMATS
+    from adapt.data.tokenizer import BUILTIN_TOKENIZERS
+    from adapt.eval.tasks import TASKS
+
+    formats = SFT_FORMATS if stage == "sft" else PREFERENCE_FORMATS
     for i, src in enumerate(data.sources):
         given = [k for k in ("path", "hub", "task") if getattr(src, k)]
         if len(given) != 1:
             raise RecipeError(file, f"data.sources[{i}]", f"needs exactly one of path/hub/task, got {given or 'none'}",
                               "keep one")
+        if src.task and src.task not in TASKS:
+            raise RecipeError(file, f"data.sources[{i}].task", f"unknown task {src.task!r}", suggest(src.task, TASKS))
+        if src.format and src.format not in formats:
+            raise RecipeError(file, f"data.sources[{i}].format", f"{src.format!r} is not a {stage} format",
+                              suggest(src.format, formats))
+    if model.tokenizer and model.tokenizer.startswith("builtin:") \
+            and model.tokenizer.split(":", 1)[1] not in BUILTIN_TOKENIZERS:
+        raise RecipeError(file, "model.tokenizer", f"unknown builtin tokenizer {model.tokenizer!r}",
+                          f"use one of {', '.join('builtin:' + n for n in BUILTIN_TOKENIZERS)}")
         if src.rows is not None and src.rows <= 0:
             raise RecipeError(file, f"data.sources[{i}].rows", "must be positive", "drop it to take every row")
     from adapt.data.decontam import READERS
