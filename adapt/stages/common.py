@@ -198,3 +198,16 @@ def train_and_save(trainer, config, tokenizer, started: float, data_summary: dic
 
         push_from_recipe(out, config.hub)
     return trainer
+
+
+def end_processes() -> None:
+    """Wait for every rank, then close the process group. Left to interpreter shutdown, gloo's threads could abort a
+    rank that finished later (`terminate called without an active exception`, exit -6) after a complete save."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        from accelerate import PartialState
+
+        state = PartialState()
+        state.wait_for_everyone()
+        state.destroy_process_group()

@@ -14,7 +14,7 @@ from adapt.data.prepare import prepare_data
 from adapt.data.sources import DataError
 from adapt.data.tokenizer import load_tokenizer
 from adapt.model.loading import load_model
-from adapt.stages.common import load_stage_config, prepare_model, train_and_save
+from adapt.stages.common import end_processes, load_stage_config, prepare_model, train_and_save
 from adapt.trainers import AdaptSFTTrainer, MetricsJSONLCallback
 
 
@@ -40,6 +40,7 @@ def main(argv=None):
         run(config)
     except DataError as e:
         sys.exit(f"error: {e}")
+    end_processes()
 
 
 if __name__ == "__main__":

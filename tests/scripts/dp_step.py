@@ -43,6 +43,8 @@ def main():
             "distributed_type": str(trainer.accelerator.distributed_type),
             "world_size_env": int(os.environ.get("WORLD_SIZE", "1"))}
     (out / f"rank{rank}.json").write_text(json.dumps(info))
+    trainer.accelerator.wait_for_everyone()  # both ranks done before either tears down gloo
+    trainer.accelerator.state.destroy_process_group()
 
 
 if __name__ == "__main__":
