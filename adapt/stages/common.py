@@ -200,6 +200,18 @@ def train_and_save(trainer, config, tokenizer, started: float, data_summary: dic
     return trainer
 
 
+def stage_main(stage: str, run, argv=None) -> None:
+    """A stage module's `main`: the recipe from the command line, the run, one line on a data error, a clean end."""
+    from adapt.data.sources import DataError
+
+    config = load_stage_config(stage, argv)
+    try:
+        run(config)
+    except DataError as e:
+        sys.exit(f"error: {e}")
+    end_processes()
+
+
 def end_processes() -> None:
     """Wait for every rank, then close the process group. Left to interpreter shutdown, gloo's threads could abort a
     rank that finished later (`terminate called without an active exception`, exit -6) after a complete save."""

@@ -5,16 +5,14 @@ Reads top to bottom: recipe -> tokenizer -> data (tokenized, cached) -> model ->
 
 from __future__ import annotations
 
-import sys
 import time
 
 from transformers import set_seed
 
 from adapt.data.prepare import prepare_data
-from adapt.data.sources import DataError
 from adapt.data.tokenizer import load_tokenizer
 from adapt.model.loading import load_model
-from adapt.stages.common import end_processes, load_stage_config, prepare_model, train_and_save
+from adapt.stages.common import prepare_model, stage_main, train_and_save
 from adapt.trainers import AdaptSFTTrainer, MetricsJSONLCallback
 
 
@@ -35,12 +33,7 @@ def run(config):
 
 
 def main(argv=None):
-    config = load_stage_config("sft", argv)
-    try:
-        run(config)
-    except DataError as e:
-        sys.exit(f"error: {e}")
-    end_processes()
+    stage_main("sft", run, argv)
 
 
 if __name__ == "__main__":
