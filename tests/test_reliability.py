@@ -67,6 +67,8 @@ def test_nan_and_inf_are_refused_in_every_numeric_field(tmp_path):
     ("data.sources.0.task=reverze", "data.sources[0].task"),
     ("data.sources.0.format=chosen_rejected", "data.sources[0].format"),
     ("model.tokenizer=builtin:nope", "model.tokenizer"),
+    ("data.sources.0.rows=0", "data.sources[0].rows"),
+    ("data.eval_rows=-1", "data.eval_rows"),
 ])
 def test_out_of_range_values_are_refused(tmp_path, override, key):
     with pytest.raises(RecipeError) as info:

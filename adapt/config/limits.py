@@ -70,6 +70,9 @@ def check_ranges(stage: str, sections: dict[str, Any], training: dict[str, Any],
         if not _in_range(value, *bounds):
             raise RecipeError(file, f"router.{key}", f"must be {_describe(*bounds)}, got {value!r}",
                               "use 0 to switch the loss off")
+    if sections["data"].eval_rows < 0:
+        raise RecipeError(file, "data.eval_rows", f"must be >= 0, got {sections['data'].eval_rows}",
+                          "use 0 to hold out no rows")
     _check_evaluation(sections["data"], training, file)
     _check_model_config(sections["model"], file)
 

@@ -226,12 +226,12 @@ def _check_contradictions(stage: str, s: dict[str, Any], training: dict[str, Any
         if src.format and src.format not in formats:
             raise RecipeError(file, f"data.sources[{i}].format", f"{src.format!r} is not a {stage} format",
                               suggest(src.format, formats))
+        if src.rows is not None and src.rows <= 0:
+            raise RecipeError(file, f"data.sources[{i}].rows", "must be positive", "drop it to take every row")
     if model.tokenizer and model.tokenizer.startswith("builtin:") \
             and model.tokenizer.split(":", 1)[1] not in BUILTIN_TOKENIZERS:
         raise RecipeError(file, "model.tokenizer", f"unknown builtin tokenizer {model.tokenizer!r}",
                           f"use one of {', '.join('builtin:' + n for n in BUILTIN_TOKENIZERS)}")
-        if src.rows is not None and src.rows <= 0:
-            raise RecipeError(file, f"data.sources[{i}].rows", "must be positive", "drop it to take every row")
     from adapt.data.decontam import READERS
 
     for name in data.decontaminate:
