@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import json
 from collections import Counter
@@ -103,7 +104,11 @@ def _read_text(p: Path, path: str) -> str:
     """The file as text. Undecodable bytes are kept as surrogates (`surrogateescape`), so that only the rows holding
     them are bad; a UTF-8 byte-order mark is dropped."""
     try:
-        raw = gzip.open(p, "rb").read() if p.suffix == ".gz" else p.read_bytes()
+        if p.suffix == ".gz":
+            with gzip.open(p, "rb") as f:
+                raw = f.read()
+        else:
+            raw = p.read_bytes()
     except (OSError, EOFError) as e:  # a truncated or corrupt .gz, an unreadable file
         raise DataError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
     return raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
@@ -208,7 +213,8 @@ def _convert(name: str, rows: list[Any] | Dataset, src, stage: str,
         if stage == "dpo" and data_section.identical_pairs == "drop" and converted["chosen"] == converted["rejected"]:
             summary.dropped["chosen equals rejected"] += 1
             continue
-        key = json.dumps(converted, sort_keys=True, ensure_ascii=False)
+        # A 16-byte digest per row, not the row's text: the OLMoE mixture has 608k conversations.
+        key = hashlib.blake2b(json.dumps(converted, sort_keys=True).encode(), digest_size=16).digest()
         if key in seen:
             summary.duplicates += 1
             if data_section.duplicates == "drop":
