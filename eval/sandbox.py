@@ -262,11 +262,11 @@ def run_program(program: str, timeout_s: float = 10, memory_mb: int = 1024, *, g
     """Runs `program` in a fresh sandboxed process (see the module note). `timeout_s` is wall-clock time including
     the interpreter's start (~30 ms). `guard=False` leaves out layer 5, for testing the other layers;
     `network_namespace` None uses one where available; `root` is where the throw-away directory is made."""
-    _isolation()  # refuses here, before anything runs, when there is no sandbox and no opt-in
+    isolation = _isolation()  # refuses here, before anything runs, when there is no sandbox and no opt-in
     start = time.monotonic()
     sandbox = os.path.realpath(tempfile.mkdtemp(prefix="adapt-sandbox-", dir=root))
     try:
-        status, detail = _run_in(sandbox, program, timeout_s, memory_mb, guard, network_namespace)
+        status, detail = _run_in(sandbox, program, timeout_s, memory_mb, guard, network_namespace, isolation)
     finally:
         _remove_tree(sandbox)
     return Result(status, detail, round(time.monotonic() - start, 3))
@@ -291,15 +291,15 @@ def _usable_cpus() -> int:
 
 
 def _run_in(sandbox: str, program: str, timeout_s: float, memory_mb: int, guard: bool,
-            network_namespace: bool | None) -> tuple[str, str]:
+            network_namespace: bool | None, isolation: str) -> tuple[str, str]:
     token, run_id = os.urandom(16).hex(), os.urandom(8).hex()
     _write(os.path.join(sandbox, PROGRAM), program)
     _write(os.path.join(sandbox, TOKEN), token)
     cpu_s = math.ceil(timeout_s) + 1  # above the wall limit: it only acts when the parent cannot
-    python = os.path.realpath(sys.executable) if _isolation() == "bwrap" else sys.executable
+    python = os.path.realpath(sys.executable) if isolation == "bwrap" else sys.executable
     command = [python, "-I", "-B", os.path.abspath(__file__), "--child", sandbox, str(cpu_s), str(memory_mb),
                str(_process_limit()), "1" if guard else "0"]
-    if _isolation() == "bwrap":
+    if isolation == "bwrap":
         command = [*_bwrap_prefix(sandbox, _child_env(sandbox, run_id)), *command]
     elif network_namespace or network_namespace is None:
         command = [*_unshare_network(), *command]
@@ -429,7 +429,7 @@ def _bwrap() -> str | None:
     if not exe:
         return None
     try:
-        probe = subprocess.run([*_bwrap_prefix("/", {}, exe), os.path.realpath(sys.executable), "-I", "-c", ""],
+        probe = subprocess.run([*_bwrap_prefix(None, {}, exe), os.path.realpath(sys.executable), "-I", "-c", ""],
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                timeout=30)
     except (OSError, subprocess.SubprocessError):
@@ -437,7 +437,7 @@ def _bwrap() -> str | None:
     return exe if probe.returncode == 0 else None
 
 
-def _bwrap_prefix(sandbox: str, env: dict[str, str], exe: str | None = None) -> list[str]:
+def _bwrap_prefix(sandbox: str | None, env: dict[str, str], exe: str | None = None) -> list[str]:
     """The bubblewrap command the program runs under: an unprivileged user (nobody) in new user, PID, network, IPC,
     UTS and mount namespaces that see only the system libraries and the Python runtime (read-only), this file, and
     the throw-away directory (read-write); a private /dev, /dev/shm and /proc. When the parent kills bwrap at the
@@ -451,7 +451,7 @@ def _bwrap_prefix(sandbox: str, env: dict[str, str], exe: str | None = None) -> 
     real = os.path.realpath(sys.executable)
     if not real.startswith((runtime + os.sep, "/usr/")):
         command += ["--ro-bind", real, real]
-    if sandbox != "/":
+    if sandbox is not None:  # None: the probe that checks bubblewrap runs here at all
         here = os.path.abspath(__file__)
         command += ["--ro-bind", here, here, "--bind", sandbox, sandbox, "--chdir", sandbox]
     command.append("--clearenv")
