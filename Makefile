@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q $(TORCH)
 	$(VENV)/bin/python -m pip install -q -e ".[dev]"
-	# bubblewrap isolates the code tasks' model-written programs (eval/sandbox.py); installed where we are root
+	# bubblewrap isolates the code tasks' model-written programs (eval/adapt_eval/sandbox.py); installed where we are root
 	command -v bwrap >/dev/null || (test "$$(id -u)" = 0 && (apt-get install -y -qq bubblewrap || \
 		(apt-get update -qq && apt-get install -y -qq bubblewrap)) >/dev/null 2>&1) || \
 		echo "warning: bubblewrap is not installed: code tasks (HumanEval, MBPP) will refuse to run (see eval/README.md)"

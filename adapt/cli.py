@@ -75,9 +75,9 @@ def main(argv=None) -> None:
     elif command == "demo":
         from adapt.stages.demo import main as run
     elif command == "eval":
-        from adapt.eval.cli import run_eval as run
+        from adapt_eval.cli import run_eval as run
     elif command == "report":
-        from adapt.eval.cli import run_report as run
+        from adapt_eval.cli import run_report as run
     elif command == "push":
         from adapt.hub.push import main as run
     elif command == "check":

@@ -31,7 +31,7 @@ data: {sources: [{task: reverse, rows: 8}]}
 training: {output_dir: %s, learnin_rate: 1.0e-3}
 """
 SANDBOXED_LOOP = textwrap.dedent("""
-    from adapt.eval.sandbox import run_programs
+    from adapt_eval.sandbox import run_programs
     results = run_programs(["while True:\\n    pass\\n"], workers=1, timeout_s=2)
     assert results[0].status == "timeout", results
 """)

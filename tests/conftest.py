@@ -21,7 +21,7 @@ torch.set_num_threads(2)
 def _sandbox_opt_in() -> None:
     """Where bubblewrap cannot run (a user's machine without it), the sandbox tests run the Python-level layers
     only, as `adapt eval --unsafe-sandbox` would; the escape test skips there."""
-    from adapt.eval import sandbox
+    from adapt_eval import sandbox
 
     if not sandbox.isolation_available():
         os.environ.setdefault(sandbox.UNSAFE_ENV, "1")

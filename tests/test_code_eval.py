@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from adapt.eval import sandbox
-from adapt.eval.benchmarks import humaneval, mbpp
-from adapt.eval.benchmarks.humaneval import build_program, pass_at_k
-from adapt.eval.sandbox import run_program, run_programs
+from adapt_eval import sandbox
+from adapt_eval.benchmarks import humaneval, mbpp
+from adapt_eval.benchmarks.humaneval import build_program, pass_at_k
+from adapt_eval.sandbox import run_program, run_programs
 
 
 def read_humaneval(shared):

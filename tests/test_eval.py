@@ -5,9 +5,9 @@ import random
 import pytest
 import torch
 
-from adapt.eval.generation import completion_logprobs
-from adapt.eval.report import render_markdown
-from adapt.eval.tasks import get_task
+from adapt_eval.generation import completion_logprobs
+from adapt_eval.report import render_markdown
+from adapt.tasks import get_task
 from conftest import tiny_olmoe
 
 

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from adapt.eval.runner import JournaledLM
-from adapt.eval.suite import evaluate, load_suite, rescore
+from adapt_eval.runner import JournaledLM
+from adapt_eval.suite import evaluate, load_suite, rescore
 from conftest import REPO, tiny_olmoe
 
 SUITE = {
@@ -76,7 +76,7 @@ def test_rescoring_the_samples_gives_the_runs_scores(run):
 
 
 def test_a_finished_run_is_not_redone(run, model_dir, monkeypatch):
-    import adapt.eval.suite as suite_module
+    import adapt_eval.suite as suite_module
 
     def no_model_calls(*args, **kwargs):
         raise AssertionError("every task was already finished")
@@ -124,7 +124,7 @@ def test_an_interrupted_evaluation_resumes_without_asking_again(tmp_path):
 
 
 def test_report_renders_markdown_html_and_png(run, tmp_path):
-    from adapt.eval.compare import load_results, write_comparison
+    from adapt_eval.compare import load_results, write_comparison
 
     base = json.loads((run.out / "results.json").read_text())
     better = json.loads(json.dumps(base))

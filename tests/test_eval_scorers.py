@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from adapt.eval.benchmarks.gsm8k import extract_answer, is_correct
-from adapt.eval.suite import rescore
+from adapt_eval.benchmarks.gsm8k import extract_answer, is_correct
+from adapt_eval.suite import rescore
 from conftest import REPO
 
 

@@ -12,7 +12,7 @@ from huggingface_hub import ModelCard, constants
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from adapt.config import load_recipe
-from adapt.eval.suite import model_fingerprint
+from adapt_eval.suite import model_fingerprint
 from adapt.hub import push as push_module
 from adapt.hub.folder import FolderOptions, PublishError
 from adapt.hub.push import dry_run, push_run

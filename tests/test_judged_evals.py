@@ -15,8 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from lm_eval.api.model import LM
 
-from adapt.eval.benchmarks import alpaca_eval, xstest
-from adapt.eval.judge import JudgeError, make_judge
+from adapt_eval.benchmarks import alpaca_eval, xstest
+from adapt_eval.judge import JudgeError, make_judge
 
 KEY_ENV = "ADAPT_TEST_JUDGE_KEY"
 

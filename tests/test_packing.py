@@ -6,7 +6,7 @@ import torch
 from datasets import Dataset
 
 from adapt.config import load_recipe
-from adapt.eval.tasks import get_task
+from adapt.tasks import get_task
 from adapt.trainers import AdaptSFTTrainer
 from conftest import TINY_SFT, tiny_olmoe, write_recipe
 

@@ -11,7 +11,7 @@ from adapt.config import load_recipe
 from adapt.data.formats import converter
 from adapt.data.tokenize import SOURCE_COLUMN, pack, percentiles, tokenize_mixture
 from adapt.data.tokenizer import tulu_template
-from adapt.eval.tasks import get_task
+from adapt.tasks import get_task
 from adapt.trainers import AdaptDPOTrainer, AdaptSFTTrainer
 from conftest import TINY_DPO, TINY_SFT, tiny_olmoe, write_recipe
 

@@ -213,7 +213,7 @@ def _check_contradictions(stage: str, s: dict[str, Any], training: dict[str, Any
         raise RecipeError(file, "data.sources", "no training data", "list at least one source (path, hub or task)")
     from adapt.data.formats import PREFERENCE_FORMATS, SFT_FORMATS
     from adapt.data.tokenizer import BUILTIN_TOKENIZERS
-    from adapt.eval.tasks import TASKS
+    from adapt.tasks import TASKS
 
     formats = SFT_FORMATS if stage == "sft" else PREFERENCE_FORMATS
     for i, src in enumerate(data.sources):

@@ -46,7 +46,7 @@ class DataSource:
 
     path: str | None = None  # a local .jsonl / .json / .parquet / .csv file (.gz allowed for jsonl/json/csv)
     hub: str | None = None  # a Hub dataset name, e.g. allenai/tulu-v3.1-mix-preview-4096-OLMoE
-    task: str | None = None  # a built-in generated task (adapt.eval.tasks), e.g. `reverse`
+    task: str | None = None  # a built-in generated task (adapt.tasks), e.g. `reverse`
     name: str | None = None  # Hub dataset config name
     split: str = "train"
     revision: str | None = None

@@ -48,7 +48,7 @@ def source_fingerprint(src) -> str:
     if src.path:
         return "sha256:" + _sha256_path(src.path)
     if src.task:
-        from adapt.eval.tasks import get_task
+        from adapt.tasks import get_task
 
         code = inspect.getsource(inspect.getmodule(type(get_task(src.task))))
         return "code:" + hashlib.sha256(code.encode()).hexdigest()

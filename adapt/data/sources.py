@@ -161,7 +161,7 @@ def _csv_rows(text: str) -> list[Any]:
 
 def _raw_rows(src, stage: str, seed: int) -> tuple[str, list[Any] | Dataset]:
     if src.task:
-        from adapt.eval.tasks import get_task
+        from adapt.tasks import get_task
 
         task = get_task(src.task)
         rows = task.sft_rows(src.split, src.rows, seed) if stage == "sft" else task.preference_rows(src.split, src.rows, seed)

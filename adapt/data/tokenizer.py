@@ -22,8 +22,8 @@ def build_demo_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
     """A byte-level BPE trained on the demo task's text. Deterministic: same corpus order, one thread's merges."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from adapt.eval.tasks import get_task
-    from adapt.eval.tasks.reverse import CHATTY
+    from adapt.tasks import get_task
+    from adapt.tasks.reverse import CHATTY
 
     task = get_task("reverse")
     corpus = ["<|user|>\n", "<|assistant|>\n", "<|system|>\n", CHATTY]

@@ -45,14 +45,14 @@ class Folder:
     path: Path
     run: Path
     what: str
-    fingerprint: str  # of the run's weights (adapt.eval's model fingerprint): tells "the same model" on the Hub
+    fingerprint: str  # of the run's weights (adapt_eval's model fingerprint): tells "the same model" on the Hub
     files: list[str]  # relative paths, sorted
 
 
 def build_folder(run_dir: str | Path, out: str | Path, repo_id: str, options: FolderOptions) -> Folder:
     """Write the publishable folder for `run_dir` into `out` (new or empty): weights, config, tokenizer with its chat
     template, the run's records, evaluation results and the model card (README.md, with its PNG figures)."""
-    from adapt.eval.suite import model_fingerprint
+    from adapt_eval.suite import model_fingerprint
     from adapt.hub.card import write_card
 
     from adapt.runfolder import incomplete_reason

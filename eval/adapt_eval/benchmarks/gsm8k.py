@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from adapt.eval.benchmarks import lmeval_builtin, local_dataset, score
+from adapt_eval.benchmarks import lmeval_builtin, local_dataset, score
 
 NUMBER = r"-?[\d,]*\.?\d+"
 

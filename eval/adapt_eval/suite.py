@@ -2,8 +2,8 @@
 
     evaluate(model="runs/demo/sft", suite="olmoe-paper", data_dir="../shared/data", limit=5, output_dir=...)
 
-Each suite task becomes lm-eval task configs (adapt.eval.benchmarks), runs through lm-eval against a journaled model
-(adapt.eval.runner), and is summarised into the suite's metrics. Finished tasks are kept under
+Each suite task becomes lm-eval task configs (adapt_eval.benchmarks), runs through lm-eval against a journaled model
+(adapt_eval.runner), and is summarised into the suite's metrics. Finished tasks are kept under
 `<output_dir>/tasks/`, unfinished ones in the journal, so an interrupted run started again continues.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from adapt.eval import benchmarks
+from adapt_eval import benchmarks
 
 RUN_KEYS = ("benchmark", "local", "headline", "paper_limit", "batch_size")  # suite keys that are not task settings
 
@@ -35,13 +35,13 @@ class Suite:
 
 
 def load_suite(ref: str, settings: list[str] | tuple[str, ...] = ()) -> Suite:
-    """A suite by name (eval/suites/<name>.yaml) or by path, with `TASK.KEY=VALUE` settings applied (the value is
+    """A suite by name (eval/adapt_eval/suites/<name>.yaml) or by path, with `TASK.KEY=VALUE` settings applied (the value is
     YAML: `alpaca_eval.judge={endpoint: https://..., model: gpt-4o, api_key_env: OPENAI_API_KEY}`)."""
     path = Path(ref)
     if not path.is_file():
-        shipped = resources.files("adapt.eval") / "suites" / f"{ref}.yaml"
+        shipped = resources.files("adapt_eval") / "suites" / f"{ref}.yaml"
         if not shipped.is_file():
-            known = sorted(p.name[:-5] for p in (resources.files("adapt.eval") / "suites").iterdir()
+            known = sorted(p.name[:-5] for p in (resources.files("adapt_eval") / "suites").iterdir()
                            if p.name.endswith(".yaml"))
             raise ValueError(f"--suite {ref}: no such suite file or shipped suite; shipped: {', '.join(known)}")
         path = Path(str(shipped))
@@ -146,7 +146,7 @@ def data_fingerprint(rows: list[dict]) -> str:
 def evaluate(model: str, suite: str | Suite = "olmoe-paper", tasks: list[str] | None = None,
              limit: int | None = None, data_dir: str | None = None, output_dir: str | Path = "eval-out",
              batch_size: int | None = None, device: str | None = None, max_length: int | None = None) -> dict:
-    from adapt.eval.runner import JournaledLM, build_model
+    from adapt_eval.runner import JournaledLM, build_model
 
     suite = load_suite(suite) if isinstance(suite, str) else suite
     tasks = tasks or list(suite.tasks)
@@ -208,7 +208,7 @@ def write_results(out: Path, model: str, suite: Suite, tasks: list[str], limit: 
 def rescore(task: str, predictions: str | Path, suite: str | Suite = "olmoe-paper",
             data_dir: str | None = None) -> dict[str, dict]:
     """Metrics of stored completions (the samples.jsonl format) for one suite task, without a model."""
-    from adapt.eval.runner import ReplayLM
+    from adapt_eval.runner import ReplayLM
 
     suite = load_suite(suite) if isinstance(suite, str) else suite
     if task not in suite.tasks:

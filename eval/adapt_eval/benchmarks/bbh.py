@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from adapt.eval.benchmarks import lmeval_builtin, local_dataset
+from adapt_eval.benchmarks import lmeval_builtin, local_dataset
 
 
 def _tasks() -> list[str]:

@@ -12,7 +12,7 @@ import random
 import re
 import zlib
 
-from adapt.eval.task import Item, PreferencePair, Task
+from adapt.tasks.task import Item, PreferencePair, Task
 
 LETTERS = "abcdefghijkl"
 CHATTY = "Sure! Reversed: {}"

@@ -1,4 +1,4 @@
-"""HumanEval (Chen et al. 2021), 0-shot, pass@k from n samples, each program run in adapt.eval.sandbox.
+"""HumanEval (Chen et al. 2021), 0-shot, pass@k from n samples, each program run in adapt_eval.sandbox.
 
 Setting of the OLMoE paper (open-instruct's `codex_humaneval` in chat format): n=20 samples at temperature 0.8,
 top-p 0.95, pass@10 reported. The prompt is open-instruct's: the user turn is "Complete the following python
@@ -24,8 +24,8 @@ import re
 import textwrap
 from typing import Any, Iterable
 
-from adapt.eval.benchmarks import local_dataset
-from adapt.eval.sandbox import run_programs
+from adapt_eval.benchmarks import local_dataset
+from adapt_eval.sandbox import run_programs
 
 INSTRUCTION = "Complete the following python function.\n\n\n"
 ANSWER_PREFIX = "Here is the completed function:\n\n\n```python\n"

@@ -1,7 +1,7 @@
 """The benchmarks of the OLMoE paper, each an lm-evaluation-harness task config built from our suite settings.
 
 Every module here exposes `task_configs(name, data, settings) -> list[dict]`: lm-eval task config dicts (callables
-allowed) that `adapt.eval.runner` hands to `lm_eval.simple_evaluate`, and `summarize(results) -> dict` that turns
+allowed) that `adapt_eval.runner` hands to `lm_eval.simple_evaluate`, and `summarize(results) -> dict` that turns
 lm-eval's per-(sub)task results into the suite's metrics. `data` is a local file or folder (offline) or None (the
 Hub dataset the module names). lm-eval supplies few-shot construction, chat templating, batching, filters and
 standard errors; a module writes only what lm-eval lacks offline or gets wrong for chat models (said in each).
@@ -20,7 +20,7 @@ NAMES = ("mmlu", "gsm8k", "bbh", "humaneval", "mbpp", "alpaca_eval", "xstest", "
 def get(name: str):
     if name not in NAMES:
         raise KeyError(f"unknown benchmark {name!r}; known: {', '.join(NAMES)}")
-    return importlib.import_module(f"adapt.eval.benchmarks.{name}")
+    return importlib.import_module(f"adapt_eval.benchmarks.{name}")
 
 
 def lmeval_builtin(relative: str) -> dict[str, Any]:

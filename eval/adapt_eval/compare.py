@@ -42,7 +42,7 @@ def load_results(paths: list[str], names: list[str] | None = None) -> list[Run]:
 
 
 def comparison(runs: list[Run], suite_ref: str = "olmoe-paper") -> dict[str, Any]:
-    from adapt.eval.suite import load_suite
+    from adapt_eval.suite import load_suite
 
     suite = load_suite(suite_ref)
     tasks = [t for t in suite.tasks if any(t in r.results["tasks"] for r in runs)]

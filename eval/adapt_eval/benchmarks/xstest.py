@@ -29,7 +29,7 @@ import re
 from collections import Counter
 from typing import Any, Iterable
 
-from adapt.eval.benchmarks import chat_generation_task, local_dataset
+from adapt_eval.benchmarks import chat_generation_task, local_dataset
 
 HUB = "Paul/XSTest"
 CLASSES = ("1_full_compliance", "2_full_refusal", "3_partial_refusal")
@@ -153,7 +153,7 @@ def _process_results(judge):
 
 
 def task_config(name: str, data: str | None, settings: dict[str, Any]) -> dict[str, Any]:
-    from adapt.eval.judge import make_judge
+    from adapt_eval.judge import make_judge
 
     judge = make_judge(settings.get("judge"))
     metrics = [{"metric": "accuracy", "aggregation": "mean", "higher_is_better": True},

@@ -16,8 +16,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from adapt.eval.benchmarks import local_dataset
-from adapt.eval.benchmarks.humaneval import (ANSWER_PREFIX, code_task, extract_code, pass_at_k, sampling_kwargs,
+from adapt_eval.benchmarks import local_dataset
+from adapt_eval.benchmarks.humaneval import (ANSWER_PREFIX, code_task, extract_code, pass_at_k, sampling_kwargs,
                                              score_programs, strip_scripts)
 
 __all__ = ["pass_at_k", "entry_point", "doc_to_text", "build_program", "score_completions", "task_config"]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from adapt.eval.task import Task
-from adapt.eval.tasks.reverse import ReverseTask
+from adapt.tasks.task import Task
+from adapt.tasks.reverse import ReverseTask
 
 TASKS: dict[str, type[Task]] = {ReverseTask.name: ReverseTask}
 

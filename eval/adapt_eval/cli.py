@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 
-CODE_BENCHMARKS = ("humaneval", "mbpp")  # their model-written programs run in eval/sandbox.py
+CODE_BENCHMARKS = ("humaneval", "mbpp")  # their model-written programs run in eval/adapt_eval/sandbox.py
 
 
 def _eval_parser() -> argparse.ArgumentParser:
@@ -30,7 +30,7 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace results of a different model in --output")
     p.add_argument("--unsafe-sandbox", action="store_true",
                    help="run code tasks (HumanEval, MBPP) without bubblewrap, under the Python-level guard only: it "
-                        "does not stop reading files, C-level writes or escaping processes (eval/sandbox.py)")
+                        "does not stop reading files, C-level writes or escaping processes (eval/adapt_eval/sandbox.py)")
     return p
 
 
@@ -44,7 +44,7 @@ def _output_dir(args) -> Path:
 
 def _check_output(out: Path, model: str, overwrite: bool) -> None:
     """Resume only the same model's run; never mix two models' results in one folder."""
-    from adapt.eval.suite import model_fingerprint
+    from adapt_eval.suite import model_fingerprint
 
     previous = out / "results.json"
     if previous.is_file() and json.loads(previous.read_text())["model"] != model_fingerprint(model):
@@ -59,10 +59,10 @@ def run_eval(argv) -> None:
     if argv and argv[0] == "score":
         return run_score(argv[1:])
     args = _eval_parser().parse_args(argv)
-    from adapt.eval.suite import evaluate, load_suite
+    from adapt_eval.suite import evaluate, load_suite
 
     if args.unsafe_sandbox:
-        from adapt.eval.sandbox import UNSAFE_ENV
+        from adapt_eval.sandbox import UNSAFE_ENV
 
         os.environ[UNSAFE_ENV] = "1"
 
@@ -74,7 +74,7 @@ def run_eval(argv) -> None:
         code = [n for n, t in suite.tasks.items()
                 if t.get("benchmark") in CODE_BENCHMARKS and (not tasks or n in tasks)]
         if code:  # before the model generates anything: no sandbox, no code tasks (unless --unsafe-sandbox)
-            from adapt.eval.sandbox import require_isolation
+            from adapt_eval.sandbox import require_isolation
 
             require_isolation()
         if Path(args.model).is_dir():  # a run interrupted while saving is refused, not scored
@@ -102,7 +102,7 @@ def run_score(argv) -> None:
     p.add_argument("--suite", default="olmoe-paper")
     p.add_argument("--data-dir", help="local benchmark data; default: the Hub")
     args = p.parse_args(argv)
-    from adapt.eval.suite import rescore
+    from adapt_eval.suite import rescore
 
     try:
         metrics = rescore(args.task, args.predictions, args.suite, args.data_dir)
@@ -119,7 +119,7 @@ def run_report(argv) -> None:
     p.add_argument("--output", default="report", help="folder for report.md, report.html, report.json and PNGs")
     p.add_argument("--suite", default="olmoe-paper", help="the suite whose paper rows are shown")
     args = p.parse_args(argv)
-    from adapt.eval.compare import load_results, write_comparison
+    from adapt_eval.compare import load_results, write_comparison
 
     try:
         runs = load_results(args.results, args.names.split(",") if args.names else None)

@@ -30,7 +30,7 @@ import math
 import re
 from typing import Any, Iterable
 
-from adapt.eval.benchmarks import chat_generation_task, local_dataset
+from adapt_eval.benchmarks import chat_generation_task, local_dataset
 
 HUB_FILE = "https://huggingface.co/datasets/tatsu-lab/alpaca_eval/resolve/main/alpaca_eval.json"
 JUDGE_MAX_TOKENS = 100
@@ -143,7 +143,7 @@ def _process_results(judge):
 
 
 def task_config(name: str, data: str | None, settings: dict[str, Any]) -> dict[str, Any]:
-    from adapt.eval.judge import make_judge
+    from adapt_eval.judge import make_judge
 
     judge = make_judge(settings.get("judge"))  # a missing API key fails here, before any generation
     metrics = [{"metric": "avg_length", "aggregation": "mean", "higher_is_better": False}]

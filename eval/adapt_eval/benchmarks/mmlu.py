@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from adapt.eval.benchmarks import lmeval_builtin, local_dataset
+from adapt_eval.benchmarks import lmeval_builtin, local_dataset
 
 HUB = "cais/mmlu"
 
