@@ -12,8 +12,9 @@ import time
 import pytest
 
 from adapt_eval import sandbox
-from adapt_eval.benchmarks import humaneval, mbpp
-from adapt_eval.benchmarks.humaneval import build_program, pass_at_k
+from adapt_eval.benchmarks import code, humaneval, mbpp
+from adapt_eval.benchmarks.code import pass_at_k
+from adapt_eval.benchmarks.humaneval import build_program
 from adapt_eval.sandbox import run_program, run_programs
 
 
@@ -156,7 +157,7 @@ def test_all_canonical_solutions_pass(shared):
     problems = read_humaneval(shared)
     results = run_programs([build_program(p, p["canonical_solution"]) for p in problems])
     assert [p["task_id"] for p, r in zip(problems, results) if not r.passed] == []
-    assert humaneval.score_programs([build_program(problems[0], problems[0]["canonical_solution"])] * 10) == \
+    assert code.score_programs([build_program(problems[0], problems[0]["canonical_solution"])] * 10) == \
         {"pass@1": 1.0, "pass@10": 1.0}
 
 
@@ -209,23 +210,23 @@ def test_mbpp_reference_code_passes_and_chat_answers_work(shared):
     answers[0] = f"Here is the function:\n```python\n{docs[0]['code']}\n\nprint({mbpp.entry_point(docs[0])}('x'))\n```"
     results = run_programs([mbpp.build_program(d, a) for d, a in zip(docs, answers)])
     assert [d["task_id"] for d, r in zip(docs, results) if not r.passed] == []
-    assert mbpp.score_completions(docs[1], [docs[1]["code"], "def nothing(): pass"], k=[1, 2]) == \
+    assert code.score_completions(docs[1], [docs[1]["code"], "def nothing(): pass"], mbpp.build_program, k=[1, 2]) == \
         {"pass@1": 0.5, "pass@2": 1.0}
     assert not run_program(mbpp.build_program(docs[1], docs[2]["code"])).passed
 
 
 def test_task_configs(shared):
-    he = humaneval.task_config("humaneval", str(shared / "data/humaneval/HumanEval.jsonl.gz"), {"k": [1, 10, 50]})
+    he = humaneval.task_configs("humaneval", str(shared / "data/humaneval/HumanEval.jsonl.gz"), {"k": [1, 10, 50]})[0]
     assert he["repeats"] == 20 and he["unsafe_code"] is True and he["dataset_path"] == "json"
     assert [m["metric"] for m in he["metric_list"]] == ["pass@1", "pass@10"]  # k > n dropped
     assert he["generation_kwargs"]["do_sample"] is True and he["generation_kwargs"]["temperature"] == 0.8
     assert he["filter_list"][0]["filter"][0]["filter_fn"]([["a", "b"]], [{}]) == [["a", "b"]]
-    hub = mbpp.task_config("mbpp", None, {})
+    hub = mbpp.task_configs("mbpp", None, {})[0]
     assert (hub["dataset_path"], hub["dataset_name"], hub["repeats"]) == ("google-research-datasets/mbpp", "full", 1)
     assert hub["generation_kwargs"]["do_sample"] is False and [m["metric"] for m in hub["metric_list"]] == ["pass@1"]
     from datasets import load_dataset
 
-    local = mbpp.task_config("mbpp", str(shared / "data/mbpp/mbpp.jsonl"), {})
+    local = mbpp.task_configs("mbpp", str(shared / "data/mbpp/mbpp.jsonl"), {})[0]
     full = load_dataset("json", data_files=local["dataset_kwargs"]["data_files"], split="test")
     assert len(local["process_docs"](full)) == 500
 
@@ -288,7 +289,7 @@ def evaluate(config, completions, task_manager):
 
 def test_lmeval_humaneval_config_scores_canonical_samples(shared, task_manager):
     problems = read_humaneval(shared)[:3]
-    config = humaneval.task_config("humaneval_replay", str(shared / "data/humaneval/HumanEval.jsonl.gz"), {})
+    config = humaneval.task_configs("humaneval_replay", str(shared / "data/humaneval/HumanEval.jsonl.gz"), {})[0]
     scores = evaluate(config, {i: [p["canonical_solution"]] * 20 for i, p in enumerate(problems)}, task_manager)
     assert (scores["pass@1,none"], scores["pass@10,none"]) == (1.0, 1.0)
     # one wrong sample of 20 per problem: pass@1 = 19/20, pass@10 still 1
@@ -299,7 +300,7 @@ def test_lmeval_humaneval_config_scores_canonical_samples(shared, task_manager):
 
 def test_lmeval_mbpp_config_scores_reference_code(shared, task_manager):
     docs = read_mbpp_test(shared)[:3]
-    config = mbpp.task_config("mbpp_replay", str(shared / "data/mbpp/mbpp.jsonl"), {})
+    config = mbpp.task_configs("mbpp_replay", str(shared / "data/mbpp/mbpp.jsonl"), {})[0]
     scores = evaluate(config, {i: [d["code"] + "\n```\nThat is all."] for i, d in enumerate(docs)}, task_manager)
     assert scores["pass@1,none"] == 1.0
 

@@ -124,7 +124,7 @@ def test_an_interrupted_evaluation_resumes_without_asking_again(tmp_path):
 
 
 def test_report_renders_markdown_html_and_png(run, tmp_path):
-    from adapt_eval.compare import load_results, write_comparison
+    from adapt_eval.report import load_results, write_comparison
 
     base = json.loads((run.out / "results.json").read_text())
     better = json.loads(json.dumps(base))

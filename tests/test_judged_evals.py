@@ -184,7 +184,7 @@ def test_judge_gives_up_on_a_dead_endpoint_after_its_retries(judge_server):
 def test_missing_key_fails_before_any_request(judge_server, monkeypatch):
     monkeypatch.delenv(KEY_ENV)
     with pytest.raises(JudgeError, match=rf"judge\.api_key_env: environment variable {KEY_ENV} is not set"):
-        alpaca_eval.task_config("alpaca_eval", None, {"judge": judge_server.settings})
+        alpaca_eval.task_configs("alpaca_eval", None, {"judge": judge_server.settings})[0]
     assert judge_server.requests == [] and make_judge(None) is None
 
 
@@ -286,7 +286,7 @@ def test_xstest_task_config_through_lmeval_matches_score(shared, xstest_gpt4):
     # 5 safe and 5 unsafe prompts, with GPT-4's false refusals (13, 112) and misses (37, 46): a plain limit of 5
     # would give 5 safe prompts and no positive class
     ids = [0, 1, 13, 30, 31, 32, 37, 46, 60, 112]
-    config = xstest.task_config("xstest", str(shared / "data/xstest/xstest_prompts.csv"), {})
+    config = xstest.task_configs("xstest", str(shared / "data/xstest/xstest_prompts.csv"), {})[0]
     # lm-eval 0.4.13 numbers the items of a `samples` run 0..k-1, in dataset order
     scores, samples = run_lmeval(config, {j: xstest_gpt4[i]["completion"] for j, i in enumerate(ids)},
                                  samples={"xstest": ids}, bootstrap_iters=0)
@@ -302,7 +302,7 @@ def test_alpaca_task_config_through_lmeval_matches_win_rate(shared, judge_server
     judge_server.behaviour = prefer_longer
     data = str(shared / "data/alpaca_eval/alpaca_eval.jsonl")
     items = variants(alpaca_items(shared, 5))
-    config = alpaca_eval.task_config("alpaca_eval", data, {"judge": judge_server.settings})
+    config = alpaca_eval.task_configs("alpaca_eval", data, {"judge": judge_server.settings})[0]
     scores, _ = run_lmeval(config, {i: it["output"] for i, it in enumerate(items)}, limit=5, bootstrap_iters=10)
     expected = alpaca_eval.win_rate(items, make_judge(judge_server.settings))
     summary = alpaca_eval.summarize({"alpaca_eval": scores})
@@ -313,7 +313,7 @@ def test_alpaca_task_config_through_lmeval_matches_win_rate(shared, judge_server
 
 
 def test_alpaca_without_a_judge_is_skipped_not_zero(shared):
-    config = alpaca_eval.task_config("alpaca_eval", str(shared / "data/alpaca_eval/alpaca_eval.jsonl"), {})
+    config = alpaca_eval.task_configs("alpaca_eval", str(shared / "data/alpaca_eval/alpaca_eval.jsonl"), {})[0]
     scores, _ = run_lmeval(config, {i: "An answer." for i in range(3)}, limit=3, bootstrap_iters=0)
     summary = alpaca_eval.summarize({"alpaca_eval": scores})
     assert summary["win_rate"]["value"] is None and "no judge configured" in summary["win_rate"]["skipped"]

@@ -150,9 +150,9 @@ def overview(run, name, repo_id, stage, what, base, chain, config, out) -> str:
 
 
 def evaluation(run: Path, chain: list[Path], name: str, fingerprint: str, out: Path) -> tuple[str, list]:
-    """The comparison tables (adapt_eval.compare: earlier stages, this model, the paper's rows) in markdown, and the
+    """The comparison tables (adapt_eval.report: earlier stages, this model, the paper's rows) in markdown, and the
     EvalResults for model-index. Only scores computed on these very weights go into the metadata."""
-    from adapt_eval.compare import load_results, render_charts, render_markdown
+    from adapt_eval.report import load_results, render_charts, render_markdown
 
     own = sorted(run.glob("eval/*/results.json"))
     if not own:
@@ -179,7 +179,7 @@ def evaluation(run: Path, chain: list[Path], name: str, fingerprint: str, out: P
 
 
 def _comparison(runs: list, suite: str) -> dict:
-    from adapt_eval.compare import comparison
+    from adapt_eval.report import comparison
 
     try:
         return comparison(runs, suite)

@@ -30,7 +30,7 @@ def _configs(args):
 def _score(model_or_path, tokenizer, task, args) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from adapt_eval.harness import evaluate_task
+    from adapt_eval.task_eval import evaluate_task
 
     if isinstance(model_or_path, (str, Path)):
         tokenizer = AutoTokenizer.from_pretrained(model_or_path)
@@ -48,7 +48,7 @@ def run(args) -> dict:
 
     from adapt.config import load_recipe
     from adapt.data.tokenizer import load_tokenizer
-    from adapt_eval.report import write_report
+    from adapt_eval.demo_report import write_report
     from adapt.tasks import get_task
     from adapt.model.loading import load_model
     from adapt.stages import dpo, sft

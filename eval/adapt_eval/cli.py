@@ -119,7 +119,7 @@ def run_report(argv) -> None:
     p.add_argument("--output", default="report", help="folder for report.md, report.html, report.json and PNGs")
     p.add_argument("--suite", default="olmoe-paper", help="the suite whose paper rows are shown")
     args = p.parse_args(argv)
-    from adapt_eval.compare import load_results, write_comparison
+    from adapt_eval.report import load_results, write_comparison
 
     try:
         runs = load_results(args.results, args.names.split(",") if args.names else None)

@@ -67,25 +67,13 @@ def _apply_setting(tasks: dict[str, dict], item: str) -> None:
 
 def task_configs(suite: Suite, task: str, data_dir: str | None) -> list[dict[str, Any]]:
     spec = suite.tasks[task]
-    module = benchmarks.get(spec["benchmark"])
     data = str(Path(data_dir) / spec["local"]) if data_dir and spec.get("local") else None
     settings = {k: v for k, v in spec.items() if k not in RUN_KEYS}
-    if hasattr(module, "task_configs"):
-        return module.task_configs(task, data, settings)
-    return [module.task_config(task, data, settings)]
+    return benchmarks.get(spec["benchmark"]).task_configs(task, data, settings)
 
 
 def summarize(suite: Suite, task: str, results: dict[str, dict]) -> dict[str, dict]:
-    module = benchmarks.get(suite.tasks[task]["benchmark"])
-    if hasattr(module, "summarize"):
-        return module.summarize(results)
-    (scores,) = results.values()  # one lm-eval task: its metrics as they are, `name,filter` -> name
-    out: dict[str, dict] = {}
-    for key, value in scores.items():
-        metric, _, _ = key.partition(",")
-        if "," in key and not metric.endswith("_stderr") and isinstance(value, (int, float)):
-            out[metric] = benchmarks.score(value, scores.get(key.replace(",", "_stderr,", 1)))
-    return out
+    return benchmarks.get(suite.tasks[task]["benchmark"]).summarize(results)
 
 
 def run_lmeval(lm, configs: list[dict], limit: int | None, samples: dict | None = None) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """The benchmarks of the OLMoE paper, each an lm-evaluation-harness task config built from our suite settings.
 
-Every module here exposes `task_configs(name, data, settings) -> list[dict]`: lm-eval task config dicts (callables
-allowed) that `adapt_eval.runner` hands to `lm_eval.simple_evaluate`, and `summarize(results) -> dict` that turns
-lm-eval's per-(sub)task results into the suite's metrics. `data` is a local file or folder (offline) or None (the
+Every benchmark module is a `Benchmark` (the Protocol below; a module satisfies it by its two functions, no base
+class): `task_configs(name, data, settings) -> list[dict]` gives lm-eval task config dicts (callables allowed) that
+`adapt_eval.suite` hands to `lm_eval.simple_evaluate`, and `summarize(results) -> dict` turns lm-eval's
+per-(sub)task results into the suite's metrics. `code.py` is not a benchmark: HumanEval and MBPP share it. `data` is a local file or folder (offline) or None (the
 Hub dataset the module names). lm-eval supplies few-shot construction, chat templating, batching, filters and
 standard errors; a module writes only what lm-eval lacks offline or gets wrong for chat models (said in each).
 """
@@ -12,12 +13,26 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 NAMES = ("mmlu", "gsm8k", "bbh", "humaneval", "mbpp", "alpaca_eval", "xstest", "ifeval")
 
 
-def get(name: str):
+@runtime_checkable
+class Benchmark(Protocol):
+    """What the suite needs of a benchmark (torchtune's recipe interfaces are the model: a Protocol, no base class)."""
+
+    def task_configs(self, name: str, data: str | None, settings: dict[str, Any]) -> list[dict[str, Any]]:
+        """lm-eval task configs for the suite task `name`. `data`: the local file or folder, or None for the Hub.
+        `settings`: the suite's keys for this task (num_fewshot, max_gen_toks, judge, ...)."""
+        ...
+
+    def summarize(self, results: dict[str, dict]) -> dict[str, dict]:
+        """The suite's metrics, `{metric: score(...)}`, from lm-eval's results of those configs (keyed by task)."""
+        ...
+
+
+def get(name: str) -> Benchmark:
     if name not in NAMES:
         raise KeyError(f"unknown benchmark {name!r}; known: {', '.join(NAMES)}")
     return importlib.import_module(f"adapt_eval.benchmarks.{name}")
@@ -45,6 +60,17 @@ def local_dataset(path: str | Path, split: str, **kwargs) -> dict[str, Any]:
 def score(value, stderr=None, **extra) -> dict[str, Any]:
     """One metric of a summary; lm-eval reports a missing standard error as the string "N/A"."""
     return {"value": value, "stderr": stderr if isinstance(stderr, (int, float)) else None, **extra}
+
+
+def lmeval_metrics(results: dict[str, dict]) -> dict[str, dict]:
+    """The metrics of one lm-eval task as they are (`name,filter` -> name), with their standard errors."""
+    (scores,) = results.values()
+    out: dict[str, dict] = {}
+    for key, value in scores.items():
+        metric, _, _ = key.partition(",")
+        if "," in key and not metric.endswith("_stderr") and isinstance(value, (int, float)):
+            out[metric] = score(value, scores.get(key.replace(",", "_stderr,", 1)))
+    return out
 
 
 def chat_generation_task(name: str, prompt_field: str, target: str, max_gen_toks: int, process_results,

@@ -30,7 +30,7 @@ import math
 import re
 from typing import Any, Iterable
 
-from adapt_eval.benchmarks import chat_generation_task, local_dataset
+from adapt_eval.benchmarks import chat_generation_task, local_dataset, score
 
 HUB_FILE = "https://huggingface.co/datasets/tatsu-lab/alpaca_eval/resolve/main/alpaca_eval.json"
 JUDGE_MAX_TOKENS = 100
@@ -142,7 +142,7 @@ def _process_results(judge):
     return process_results
 
 
-def task_config(name: str, data: str | None, settings: dict[str, Any]) -> dict[str, Any]:
+def task_configs(name: str, data: str | None, settings: dict[str, Any]) -> list[dict[str, Any]]:
     from adapt_eval.judge import make_judge
 
     judge = make_judge(settings.get("judge"))  # a missing API key fails here, before any generation
@@ -155,19 +155,14 @@ def task_config(name: str, data: str | None, settings: dict[str, Any]) -> dict[s
         dataset_path="json", dataset_name=None, dataset_kwargs={"data_files": {"eval": HUB_FILE}}, test_split="eval")
     if data:
         config.update(local_dataset(data, "eval"))
-    return config
-
-
-def task_configs(name: str, data: str | None, settings: dict[str, Any]) -> list[dict[str, Any]]:
-    return [task_config(name, data, settings)]
+    return [config]
 
 
 def summarize(results: dict[str, dict]) -> dict[str, dict]:
     (scores,) = results.values()
 
     def metric(key: str) -> dict[str, Any]:
-        stderr = scores.get(f"{key}_stderr,none")
-        return {"value": scores[f"{key},none"], "stderr": stderr if isinstance(stderr, (int, float)) else None}
+        return score(scores[f"{key},none"], scores.get(f"{key}_stderr,none"))
 
     out = {}
     if "win_rate,none" in scores:

@@ -3,7 +3,7 @@
 The prompt gives the problem text and one of its three asserts (as EvalPlus and open-instruct's chat-format MBPP
 do: the assert names the function and shows how it is called); the assistant turn is started with open-instruct's
 "Here is the completed function:" and a ```python fence, and the model is stopped at the closing fence. The program
-is the answer's code (see humaneval.extract_code: a fenced chat answer works too), the problem's
+is the answer's code (see code.extract_code: a fenced chat answer works too), the problem's
 `test_setup_code`, then all three asserts of `test_list` (not the challenge tests, as usual).
 Default: one greedy sample; with `num_samples` n and a temperature, pass@k is the unbiased estimate from n.
 
@@ -17,10 +17,10 @@ import re
 from typing import Any
 
 from adapt_eval.benchmarks import local_dataset
-from adapt_eval.benchmarks.humaneval import (ANSWER_PREFIX, code_task, extract_code, pass_at_k, sampling_kwargs,
-                                             score_programs, strip_scripts)
+from adapt_eval.benchmarks.code import (ANSWER_PREFIX, code_task, extract_code, sampling_kwargs, strip_scripts,
+                                        summarize)
 
-__all__ = ["pass_at_k", "entry_point", "doc_to_text", "build_program", "score_completions", "task_config"]
+__all__ = ["entry_point", "doc_to_text", "build_program", "task_configs", "summarize"]
 
 TEST_IDS = range(11, 511)  # the paper's test split (1-10: few-shot prompts, 511-600: validation, 601-974: train)
 
@@ -43,18 +43,13 @@ def build_program(doc: dict[str, Any], completion: str) -> str:
     return f"{code}\n\n{doc.get('test_setup_code') or ''}\n\n{tests}\n"
 
 
-def score_completions(doc: dict[str, Any], completions: list[str], k=(1,), timeout_s: float = 10,
-                      memory_mb: int = 1024) -> dict[str, float]:
-    return score_programs([build_program(doc, c) for c in completions], k, timeout_s, memory_mb)
-
-
 def keep_test_problems(dataset):
     """The test problems (the Hub's `full` test split already is exactly these; the local file holds all 974)."""
     return dataset.filter(lambda doc: doc["task_id"] in TEST_IDS)
 
 
-def task_config(name: str, data: str | None, settings: dict[str, Any]) -> dict[str, Any]:
-    """lm-eval task config; `data` is mbpp.jsonl (all 974 problems) or None for google-research-datasets/mbpp."""
+def task_configs(name: str, data: str | None, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """One lm-eval task; `data` is mbpp.jsonl (all 974 problems) or None for google-research-datasets/mbpp."""
     n = int(settings.get("num_samples", 1))
     temperature = float(settings.get("temperature", 0.0))
     prefixed = settings.get("answer_prefix", True)
@@ -68,4 +63,4 @@ def task_config(name: str, data: str | None, settings: dict[str, Any]) -> dict[s
         config["gen_prefix"] = ANSWER_PREFIX
     if data:
         config.update(local_dataset(data, "test"))
-    return config
+    return [config]

@@ -29,7 +29,7 @@ import re
 from collections import Counter
 from typing import Any, Iterable
 
-from adapt_eval.benchmarks import chat_generation_task, local_dataset
+from adapt_eval.benchmarks import chat_generation_task, lmeval_metrics, local_dataset
 
 HUB = "Paul/XSTest"
 CLASSES = ("1_full_compliance", "2_full_refusal", "3_partial_refusal")
@@ -152,7 +152,7 @@ def _process_results(judge):
     return process_results
 
 
-def task_config(name: str, data: str | None, settings: dict[str, Any]) -> dict[str, Any]:
+def task_configs(name: str, data: str | None, settings: dict[str, Any]) -> list[dict[str, Any]]:
     from adapt_eval.judge import make_judge
 
     judge = make_judge(settings.get("judge"))
@@ -168,8 +168,9 @@ def task_config(name: str, data: str | None, settings: dict[str, Any]) -> dict[s
                                   _process_results(judge), metrics, dataset_path=HUB, test_split="train")
     if data:
         config.update(local_dataset(data, "test"))
-    return config
+    return [config]
 
 
-def task_configs(name: str, data: str | None, settings: dict[str, Any]) -> list[dict[str, Any]]:
-    return [task_config(name, data, settings)]
+def summarize(results: dict[str, dict]) -> dict[str, dict]:
+    """The metrics as lm-eval aggregated them (f1, precision and recall over all items; refusal rates per group)."""
+    return lmeval_metrics(results)

@@ -1,4 +1,5 @@
-"""Score a model on a task's held-out split: task accuracy from generations, preference accuracy from log-probs."""
+"""Score a model on a built-in task's held-out split (`adapt.tasks`), directly with transformers, not lm-eval: task
+accuracy from greedy generations, preference accuracy from log-probs. The demo uses it; suites go through `suite.py`."""
 
 from __future__ import annotations
 
