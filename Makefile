@@ -25,18 +25,22 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(OFFLINE) $(VENV)/bin/adapt demo --output runs/demo --overwrite
 
-# The demo's base, SFT and DPO models on the olmoe-paper suite (5 items per benchmark, local data), then the report.
-DATA ?= ../shared/data
+# The demo's base, SFT and DPO models on the olmoe-paper suite (5 items per benchmark), then the report.
+# DATA=folder: the benchmarks' local files (the public releases' layout); without it, the Hub's datasets.
+DATA ?= $(ADAPT_DATA)
 demo-eval: $(STAMP)
-	for m in base sft dpo; do $(OFFLINE) $(VENV)/bin/adapt eval --model runs/demo/$$m --limit 5 --data-dir $(DATA) || exit 1; done
+	for m in base sft dpo; do $(OFFLINE) $(VENV)/bin/adapt eval --model runs/demo/$$m --limit 5 \
+		$(if $(DATA),--data-dir $(DATA)) || exit 1; done
 	$(VENV)/bin/adapt report runs/demo/base/eval/olmoe-paper runs/demo/sft/eval/olmoe-paper \
 		runs/demo/dpo/eval/olmoe-paper --names base,sft,dpo --output runs/demo/eval-report
 
-# The whole suite, slow tests included (the demo's learning checks).
+# The linter (configured in pyproject.toml), then the whole suite, slow tests included (the demo's learning checks).
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(OFFLINE) $(VENV)/bin/python -m pytest
 
 test-fast: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(OFFLINE) $(VENV)/bin/python -m pytest -m "not slow and not multiprocess"
 
 clean:

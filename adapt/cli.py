@@ -1,92 +1,96 @@
-"""The `adapt` command: one subcommand per stage, each a thin front for a module that `accelerate launch -m` also
-runs (`adapt sft ...` == `accelerate launch -m adapt.stages.sft ...` on one process)."""
+"""The `adapt` command: one table of subcommands, each naming the function that parses its arguments and the one
+that runs it. A stage's module is also runnable on its own (`accelerate launch -m adapt.stages.sft ...` is
+`adapt sft ...` on every process).
+
+Nothing heavy is imported until a command runs: `adapt --help`, `adapt --version` and `adapt <command> --help`
+answer without loading torch, transformers or lm-eval.
+"""
 
 from __future__ import annotations
 
-import os
+import importlib
 import sys
-
-USAGE = """usage: adapt <command> [options]
-
-commands:
-  sft     --config RECIPE [--overwrite] [key=value ...]   supervised fine-tuning
-  dpo     --config RECIPE [--overwrite] [key=value ...]   preference tuning (DPO) with the router losses on
-  check   --config RECIPE [--skip-path-checks] [k=v ...]  validate a recipe without loading anything
-  data    --config RECIPE [key=value ...]                 build the training mixture only; print its summary
-  eval    --model PATH [--suite olmoe-paper] [--tasks ..] [--limit N] [--data-dir D]   benchmark a model
-  eval score --task T --predictions FILE                  re-score stored completions without a model
-  report  RESULTS.json ... [--names a,b] [--output DIR]   compare runs beside the paper (md, html, png)
-  demo    [--output runs/demo] [--overwrite]              the offline base -> SFT -> DPO pipeline with a report
-  push    RUN_DIR --repo-id ORG/NAME [--private] [--revision B] [--dry-run OUT] [--force]   publish to the Hub
-
-`adapt <command> --help` for a command's options.
-"""
+from dataclasses import dataclass
 
 
-def _check(argv) -> None:
-    from adapt.config import RecipeError, load_recipe
-    from adapt.stages.common import stage_parser
+@dataclass(frozen=True)
+class Command:
+    name: str  # one word, or two for a subcommand (`eval score`)
+    synopsis: str  # the arguments, for the overview
+    summary: str
+    parser: str  # "module:function" returning the command's ArgumentParser (a light module)
+    run: str  # "module:function" taking the command's argv
 
-    parser = stage_parser("check")
-    parser.add_argument("--skip-path-checks", action="store_true",
-                        help="do not require local inputs to exist (e.g. a DPO recipe before its SFT run)")
-    args = parser.parse_args(argv)
+
+COMMANDS = (
+    Command("sft", "--config RECIPE [--overwrite] [key=value ...]", "supervised fine-tuning",
+            "adapt.stages.entry:sft_parser", "adapt.stages.sft:main"),
+    Command("dpo", "--config RECIPE [--overwrite] [key=value ...]", "preference tuning (DPO), router losses on",
+            "adapt.stages.entry:dpo_parser", "adapt.stages.dpo:main"),
+    Command("check", "--config RECIPE [--skip-path-checks] [key=value ...]", "validate a recipe, load nothing",
+            "adapt.stages.preflight:check_parser", "adapt.stages.preflight:check"),
+    Command("data", "--config RECIPE [key=value ...]", "build the training mixture only; print its summary",
+            "adapt.stages.preflight:data_parser", "adapt.stages.preflight:data"),
+    Command("eval", "--model PATH [--suite S] [--tasks ..] [--limit N] [--data-dir D]", "benchmark a model",
+            "adapt_eval.cli:eval_parser", "adapt_eval.cli:run_eval"),
+    Command("eval score", "--task T --predictions FILE [--per-item OUT]", "re-score stored completions, no model",
+            "adapt_eval.cli:score_parser", "adapt_eval.cli:run_score"),
+    Command("report", "RESULTS ... [--names a,b] [--output DIR]", "compare runs beside the paper (md, html, png)",
+            "adapt_eval.cli:report_parser", "adapt_eval.cli:run_report"),
+    Command("demo", "[--output runs/demo] [--overwrite]", "the offline base -> SFT -> DPO pipeline and its report",
+            "adapt.stages.demo:parser", "adapt.stages.demo:main"),
+    Command("push", "RUN_DIR --repo-id ORG/NAME [--dry-run OUT] [--force]", "publish a run folder to the Hub",
+            "adapt.hub.push:parser", "adapt.hub.push:main"),
+)
+
+
+def usage() -> str:
+    name, summary = max(len(c.name) for c in COMMANDS), max(len(c.summary) for c in COMMANDS)
+    lines = ["usage: adapt <command> [options]", "", "commands:"]
+    lines += [f"  {c.name:<{name}}  {c.summary:<{summary}}  {c.synopsis}" for c in COMMANDS]
+    lines += ["", "`adapt <command> --help` for a command's options; `adapt --version` for the version."]
+    return "\n".join(lines)
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
     try:
-        config = load_recipe(args.config, args.overrides, check_hardware=False,
-                             check_paths=not args.skip_path_checks)
-    except RecipeError as e:
-        sys.exit(f"error: {e}")
-    print(f"ok: {args.config} is a valid {config.stage} recipe (output_dir={config.output_dir})")
+        return installed("adapt")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown (not installed)"
 
 
-def _data(argv) -> None:
-    """Build a recipe's training mixture without training and print its summary (JSON, stable across runs)."""
-    import json
+def find(argv: list[str]) -> tuple[Command | None, list[str]]:
+    """The command named by argv's first words (the longest match: `eval score` before `eval`), and its argv."""
+    for command in sorted(COMMANDS, key=lambda c: -len(c.name.split())):
+        words = command.name.split()
+        if argv[:len(words)] == words:
+            return command, argv[len(words):]
+    return None, argv
 
-    from adapt.config import RecipeError, load_recipe
-    from adapt.data.prepare import prepare_data
-    from adapt.data.sources import DataError
-    from adapt.data.tokenizer import load_tokenizer
-    from adapt.stages.common import stage_parser
 
-    args = stage_parser("data").parse_args(argv)
-    try:
-        config = load_recipe(args.config, args.overrides, check_hardware=False, check_output=False)
-        prepared = prepare_data(config, load_tokenizer(config.model))
-    except (RecipeError, DataError, ValueError) as e:
-        sys.exit(f"error: {e}")
-    where = "loaded from" if prepared.from_cache else "written to"
-    if prepared.cache_entry is not None:
-        print(f"tokenized mixture {where} {prepared.cache_entry}", file=sys.stderr)
-    print(json.dumps(prepared.summary, indent=2, sort_keys=True))
+def _load(target: str):
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
+        print(usage())
         return
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    command, rest = argv[0], argv[1:]
-    if command == "sft":
-        from adapt.stages.sft import main as run
-    elif command == "dpo":
-        from adapt.stages.dpo import main as run
-    elif command == "demo":
-        from adapt.stages.demo import main as run
-    elif command == "eval":
-        from adapt_eval.cli import run_eval as run
-    elif command == "report":
-        from adapt_eval.cli import run_report as run
-    elif command == "push":
-        from adapt.hub.push import main as run
-    elif command == "check":
-        run = _check
-    elif command == "data":
-        run = _data
-    else:
-        sys.exit(f"error: unknown command {command!r}\n\n{USAGE}")
-    run(rest)
+    if argv[0] == "--version":
+        print(f"adapt {version()}")
+        return
+    command, rest = find(argv)
+    if command is None:
+        sys.exit(f"error: unknown command {argv[0]!r}; one of: {', '.join(sorted({c.name for c in COMMANDS}))}")
+    if "-h" in rest or "--help" in rest:  # answered from the light parser module, before the command's imports
+        _load(command.parser)().print_help()
+        return
+    _load(command.run)(rest)
 
 
 if __name__ == "__main__":

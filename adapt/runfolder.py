@@ -50,7 +50,8 @@ class RunLock:
             holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise RunFolderError(f"{self.folder} is in use by a running stage ({holder}); wait for it to end or "
-                                 f"choose another training.output_dir (--overwrite does not take over a live run)")
+                                 f"choose another training.output_dir (--overwrite does not take over a live "
+                                 f"run)") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {os.uname().nodename}".encode())
         self._fd = fd
@@ -127,3 +128,42 @@ def check_complete(folder: str | os.PathLike) -> None:
     reason = incomplete_reason(folder)
     if reason:
         raise RunFolderError(f"{folder}: incomplete run folder: {reason}")
+
+
+def claim(config, is_main: bool) -> RunLock | None:
+    """Claim a stage's run folder: lock it (a second run to the same folder is refused while this one lives), then
+    replace an existing run only when the recipe says `overwrite` (checked again here because the folder may have
+    appeared since the recipe was validated); a resumed run keeps it. The main process holds the lock until the run
+    ends; the other ranks only make sure the folder exists."""
+    out = Path(config.output_dir)
+    if not is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        return None
+    lock = RunLock(out).acquire()
+    if holds_run(out) and not config.resume_from_checkpoint:
+        if not config.overwrite:
+            lock.release()
+            raise RunFolderError(f"{out} already holds a run; choose another training.output_dir or pass --overwrite")
+        clear(out)
+    return lock
+
+
+def last_complete_checkpoint(out: Path) -> Path | None:
+    """The newest `checkpoint-N` whose `trainer_state.json` exists. The Trainer writes that file last, so a
+    checkpoint interrupted while being written has none and is passed over: it never replaces the last good one."""
+    candidates = [p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    complete = [p for p in candidates if (p / "trainer_state.json").is_file()]
+    return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def resume_checkpoint(config) -> str | None:
+    """`training.resume_from_checkpoint`: `latest` (the newest complete checkpoint in output_dir) or a folder."""
+    ref = config.resume_from_checkpoint
+    if not ref:
+        return None
+    path = last_complete_checkpoint(Path(config.output_dir)) if ref in ("latest", "true", "True") else Path(ref)
+    if path is None or not (path / "trainer_state.json").is_file():
+        where = f"in {config.output_dir}" if path is None else f"at {path}"
+        raise RunFolderError(f"{config.recipe_path}: training.resume_from_checkpoint: no complete checkpoint {where}; "
+                             f"drop the field to start over")
+    return str(path)

@@ -1,9 +1,8 @@
 """Data-pipeline throughput: rows/s and tokens/s to convert, template, tokenize (with assistant masks and the length
 policy) and pack CodeAlpaca rows with OLMoE's tokenizer, and TRL's own SFT preparation of the same rows for scale.
 
-    python bench/data_throughput.py [--data ../shared/data/sft/code_alpaca_2k.json]
-        [--tokenizer ../shared/tokenizers/olmoe-gpt-neox-20b-pii-special.json] [--max-length 4096] [--repeats 3]
-        [--json OUT.json]
+    python bench/data_throughput.py --data code_alpaca_2k.json --tokenizer olmoe-gpt-neox-20b-pii-special.json
+        [--max-length 4096] [--repeats 3] [--json OUT.json]
 
 Each stage is timed on its own (best of --repeats, single process, `datasets` caching off) and the table is printed
 last, with the device and library versions above it.
@@ -24,7 +23,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def best_of(repeats: int, fn):
@@ -38,8 +36,8 @@ def best_of(repeats: int, fn):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(REPO.parent / "shared/data/sft/code_alpaca_2k.json"))
-    parser.add_argument("--tokenizer", default=str(REPO.parent / "shared/tokenizers/olmoe-gpt-neox-20b-pii-special.json"))
+    parser.add_argument("--data", required=True, help="an alpaca-format JSON file (e.g. CodeAlpaca's 2k rows)")
+    parser.add_argument("--tokenizer", required=True, help="OLMoE's tokenizer.json")
     parser.add_argument("--max-length", type=int, default=4096)
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
@@ -54,12 +52,13 @@ def main() -> None:
     import transformers
     import trl
     from datasets import Dataset
+    from report import finish  # bench/report.py
+    from report import record as run_record
     from transformers import PreTrainedTokenizerFast
 
     from adapt.data.formats import converter
     from adapt.data.tokenize import SOURCE_COLUMN, pack, tokenize_mixture
     from adapt.data.tokenizer import tulu_template
-    from report import finish, record as run_record  # bench/report.py
 
     datasets.disable_caching()
     datasets.disable_progress_bars()
@@ -85,7 +84,8 @@ def main() -> None:
     record("convert (alpaca -> messages)", t, len(raw), tokens)
     record("template (chat template to text)", t_template, len(texts), tokens)
     record("tokenize + masks + length policy", t_tok, len(tokenized), tokens)
-    t_pack, packed = best_of(args.repeats, lambda: pack(tokenized.remove_columns(SOURCE_COLUMN), args.max_length, "bfd"))
+    unmarked = tokenized.remove_columns(SOURCE_COLUMN)
+    t_pack, packed = best_of(args.repeats, lambda: pack(unmarked, args.max_length, "bfd"))
     record(f"pack (bfd, {args.max_length})", t_pack, len(tokenized), tokens)
     record("adapt total (convert+tokenize+pack)", t + t_tok + t_pack, len(tokenized), tokens)
     t_trl = trl_prepare_seconds(converted, tokenizer, args)
@@ -104,8 +104,8 @@ def main() -> None:
 def trl_prepare_seconds(converted, tokenizer, args) -> float:
     """TRL's own preparation (tokenize, labels, pack) of the same conversations, timed the same way."""
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
     from transformers import OlmoeConfig, OlmoeForCausalLM
+    from trl import SFTConfig, SFTTrainer
 
     model = OlmoeForCausalLM(OlmoeConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=16,
                                          num_hidden_layers=1, num_attention_heads=2, num_experts=2,

@@ -18,11 +18,11 @@ import torch
 
 
 def saved_bytes(impl: str, tokens: int, dtype: torch.dtype, seed: int = 0) -> int:
+    from train_throughput import SHAPES  # bench/train_throughput.py
     from transformers import OlmoeConfig
     from transformers.models.olmoe.modeling_olmoe import OlmoeExperts
 
     import adapt.model  # noqa: F401  (registers adapt_fused)
-    from train_throughput import SHAPES  # bench/train_throughput.py
 
     config = OlmoeConfig(**SHAPES["olmoe-1b-7b"])
     config._experts_implementation = impl
@@ -68,7 +68,6 @@ def main() -> None:
     for r in rows:
         r["vs_grouped_mm"] = round(r["bytes_per_token_layer"] / base, 3)
     import transformers
-
     from report import finish, record  # bench/report.py
 
     header = record(device=platform.processor() or platform.machine(), dtype=args.dtype, tokens=args.tokens,

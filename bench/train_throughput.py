@@ -30,7 +30,6 @@ import os
 import platform
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
@@ -71,7 +70,7 @@ def stock_step_time(args, impl: str, device, dtype) -> float:
     vocab = model.config.vocab_size
     batch = torch.randint(2, vocab, (args.batch, args.seq), device=device)
     times = []
-    for step in range(args.warmup + args.steps):
+    for _ in range(args.warmup + args.steps):
         sync(device)
         start = time.perf_counter()
         for _ in range(args.grad_accum):
@@ -158,7 +157,7 @@ def check_fused_experts(shape: str, tokens: int, device, dtype) -> dict:
     from transformers import OlmoeConfig
     from transformers.models.olmoe.modeling_olmoe import OlmoeExperts
 
-    import adapt.model  # noqa: F401
+    import adapt.model  # noqa: F401 (registers the adapt_fused experts implementation)
 
     config = OlmoeConfig(**SHAPES[shape])
     g = torch.Generator(device=device).manual_seed(0)
@@ -243,7 +242,6 @@ def main() -> None:
         r["vs_stock"] = round(r["tokens_per_s"] / ref, 2) if ref else None
     import transformers
     import trl
-
     from report import finish, record  # bench/report.py
 
     header = record(device=name, device_type=device.type, dtype=str(dtype), shape=args.shape, seq=args.seq,

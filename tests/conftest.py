@@ -9,8 +9,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The tokenized-mixture cache of every test run (subprocesses included) goes to a fresh folder, not ~/.cache.
 os.environ["ADAPT_CACHE"] = tempfile.mkdtemp(prefix="adapt-test-cache-")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -134,3 +134,16 @@ training:
   disable_tqdm: true
   seed: 0
 """
+
+
+def mixture_rows(section, stage: str):
+    """A data section's mixture as conversational rows, before tokenization: `train`, `eval` (the held-out split)
+    and `sources` (each source's summary), read by the same functions `adapt.data.prepare` uses."""
+    from types import SimpleNamespace
+
+    from adapt.data.sources import read_mixture, split_eval
+    from adapt.data.tokenize import SOURCE_COLUMN
+
+    rows, sources = read_mixture(section, stage)
+    train, held_out = split_eval(rows.remove_columns(SOURCE_COLUMN), section.eval_rows, section.seed)
+    return SimpleNamespace(train=train, eval=held_out, sources=[s.as_dict() for s in sources])

@@ -70,12 +70,13 @@ def tokenized_rows(recipe_path: Path) -> list[tuple[torch.Tensor, torch.Tensor]]
     from adapt.data.tokenizer import load_tokenizer
 
     config = load_recipe(recipe_path, check_output=False)
-    data = prepare_data(config, load_tokenizer(config.model), use_cache=False)
+    tokenizer = load_tokenizer(config.model)
+    data = prepare_data(config.stage, config.data, config.sequence_layout(), tokenizer, use_cache=False)
     return [(torch.tensor(r["input_ids"]), torch.tensor(r["labels"])) for r in data.train]
 
 
 def _z_loss(router_logits) -> torch.Tensor:
-    return torch.stack([torch.logsumexp(l, dim=-1).square().mean() for l in router_logits]).mean()
+    return torch.stack([torch.logsumexp(logits, dim=-1).square().mean() for logits in router_logits]).mean()
 
 
 def reference_step(init: Path, rows, *, reduction: str, lb: float, z: float, accum_x_procs: int,

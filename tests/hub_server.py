@@ -88,7 +88,8 @@ class FakeHub:
     def _apply(self, repo_id, branch, added: dict[str, Stored], deleted: list[str], summary: str) -> str:
         repo = self.repos[repo_id]
         parent = repo.branches[branch]
-        gone = lambda p: any(p == d or p.startswith(d.rstrip("/") + "/") for d in deleted)  # noqa: E731
+        def gone(p):
+            return any(p == d or p.startswith(d.rstrip("/") + "/") for d in deleted)
         files = {p: f for p, f in repo.snapshots[parent].items() if not gone(p)}
         files.update(added)
         sha = hashlib.sha1(f"{parent}{summary}{sorted((p, f.oid) for p, f in files.items())}".encode()).hexdigest()

@@ -310,7 +310,8 @@ def test_lmeval_mbpp_config_scores_reference_code(shared, task_manager):
 def escape_programs(outside, secret_file, listener_path, signal_target, tag) -> dict[str, str]:
     """Whole programs for the real runner. Writing ones leave `outside/<name>` behind if they escape; reading ones
     assert what they read; process ones leave a `sleep <tag>` running."""
-    w = lambda name: str(outside / name)  # noqa: E731
+    def w(name):
+        return str(outside / name)
     progs = {
         "FileIO write": f"import _io\n_io.FileIO({w('fileio')!r}, 'w').write(b'x')",
         "sqlite3 write": f"import sqlite3\nsqlite3.connect({w('db.sqlite')!r}).execute('create table t(x)')",

@@ -27,7 +27,7 @@ def recipe(tmp_path):
 
 def prepared(recipe, *overrides):
     config = load_recipe(recipe, list(overrides))
-    return prepare_data(config, load_tokenizer(config.model))
+    return prepare_data(config.stage, config.data, config.sequence_layout(), load_tokenizer(config.model))
 
 
 def test_second_run_loads_the_cache_without_tokenizing(recipe, monkeypatch):
@@ -53,7 +53,7 @@ def test_second_run_loads_the_cache_without_tokenizing(recipe, monkeypatch):
     ["data.eval_rows=4"],
     ["model.add_bos=true"],  # the chat template
     ["training.packing=true", "training.padding_free=true"],
-    ["training.assistant_only_loss=false"],
+    ["data.assistant_only_loss=false"],
 ])
 def test_anything_that_changes_the_rows_changes_the_key(recipe, change):
     base = prepared(recipe)
@@ -94,4 +94,4 @@ def test_template_without_assistant_marks_fails_before_tokenizing(recipe):
     tokenizer = load_tokenizer(config.model)
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     with pytest.raises(DataError, match="model.chat_template.*assistant_only_loss"):
-        prepare_data(config, tokenizer)
+        prepare_data(config.stage, config.data, config.sequence_layout(), tokenizer)

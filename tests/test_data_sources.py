@@ -6,7 +6,8 @@ import json
 import pytest
 
 from adapt.config.sections import DataSection, DataSource
-from adapt.data.sources import DataError, load_training_data
+from adapt.data.sources import DataError
+from conftest import mixture_rows
 
 
 def section(path, on_bad_row="fail", **kw):
@@ -26,22 +27,22 @@ ROW = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "co
 
 
 def test_local_jsonl_loads_and_takes_rows(tmp_path):
-    data = load_training_data(section(write_jsonl(tmp_path / "train.jsonl", [ROW] * 5), rows=3), "sft")
+    data = mixture_rows(section(write_jsonl(tmp_path / "train.jsonl", [ROW] * 5), rows=3), "sft")
     assert len(data.train) == 3 and data.eval is None and data.train.column_names == ["messages"]
-    assert data.summary()["sources"][0] == {"source": str(tmp_path / "train.jsonl"), "format": "messages",
+    assert data.sources[0] == {"source": str(tmp_path / "train.jsonl"), "format": "messages",
                                                  "rows_read": 5, "rows_kept": 3, "rows_not_taken": 2, "dropped": {},
                                                  "dropped_examples": [], "duplicates": 4, "decontaminated": []}
 
 
 def test_gzip_jsonl(tmp_path):
-    data = load_training_data(section(write_jsonl(tmp_path / "train.jsonl.gz", [ROW] * 2)), "sft")
+    data = mixture_rows(section(write_jsonl(tmp_path / "train.jsonl.gz", [ROW] * 2)), "sft")
     assert len(data.train) == 2
 
 
 def test_undecodable_line_names_file_and_row(tmp_path):
     path = write_jsonl(tmp_path / "train.jsonl", [ROW, "{not json", ROW])
     with pytest.raises(DataError, match=r"train\.jsonl: row 2: undecodable line"):
-        load_training_data(section(path), "sft")
+        mixture_rows(section(path), "sft")
 
 
 BAD_ROWS = [
@@ -58,13 +59,13 @@ BAD_ROWS = [
 def test_bad_rows_fail_with_file_and_row(tmp_path, bad, reason):
     path = write_jsonl(tmp_path / "train.jsonl", [ROW, ROW, bad])
     with pytest.raises(DataError, match=f"train.jsonl: row 3: {reason}"):
-        load_training_data(section(path), "sft")
+        mixture_rows(section(path), "sft")
 
 
 def test_bad_rows_skipped_and_counted(tmp_path):
     rows = [ROW] + [bad for bad, _ in BAD_ROWS] + ["{oops"]
-    data = load_training_data(section(write_jsonl(tmp_path / "t.jsonl", rows), on_bad_row="skip"), "sft")
-    summary = data.summary()["sources"][0]
+    data = mixture_rows(section(write_jsonl(tmp_path / "t.jsonl", rows), on_bad_row="skip"), "sft")
+    summary = data.sources[0]
     assert len(data.train) == 1 and summary["rows_read"] == 7 and summary["rows_kept"] == 1
     assert summary["dropped"] == {"empty assistant turn": 1, "turns out of order": 2, "no final assistant turn": 1,
                                   "missing field": 1, "undecodable line (Expecting property name enclosed in double "
@@ -75,17 +76,17 @@ def test_bad_rows_skipped_and_counted(tmp_path):
 def test_missing_columns_are_named(tmp_path):
     path = write_jsonl(tmp_path / "prefs.jsonl", [{"prompt": "p", "chosen": "a"}])
     with pytest.raises(DataError, match=r"cannot tell the dpo format from the columns \(chosen, prompt\)"):
-        load_training_data(section(path), "dpo")
+        mixture_rows(section(path), "dpo")
 
 
 def test_missing_file(tmp_path):
     with pytest.raises(DataError, match="nowhere.jsonl: file not found"):
-        load_training_data(section(tmp_path / "nowhere.jsonl"), "sft")
+        mixture_rows(section(tmp_path / "nowhere.jsonl"), "sft")
 
 
 def test_task_source_is_deterministic():
     data = DataSection(sources=[DataSource(task="reverse", rows=20)], eval_rows=5, seed=3)
-    a, b = load_training_data(data, "sft"), load_training_data(data, "sft")
+    a, b = mixture_rows(data, "sft"), mixture_rows(data, "sft")
     assert a.train.to_list() == b.train.to_list() and a.eval.to_list() == b.eval.to_list()
     assert len(a.train) == 15 and len(a.eval) == 5
 
@@ -112,6 +113,6 @@ def test_parquet_rows_are_converted_and_bad_ones_named(tmp_path):
     rows = [ROW, {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]}, ROW]
     Dataset.from_list(rows).to_parquet(str(tmp_path / "train.parquet"))
     with pytest.raises(DataError, match=r"train.parquet: row 2: empty assistant turn"):
-        load_training_data(section(tmp_path / "train.parquet"), "sft")
-    data = load_training_data(section(tmp_path / "train.parquet", on_bad_row="skip"), "sft")
-    assert len(data.train) == 2 and data.summary()["sources"][0]["dropped"] == {"empty assistant turn": 1}
+        mixture_rows(section(tmp_path / "train.parquet"), "sft")
+    data = mixture_rows(section(tmp_path / "train.parquet", on_bad_row="skip"), "sft")
+    assert len(data.train) == 2 and data.sources[0]["dropped"] == {"empty assistant turn": 1}

@@ -6,7 +6,7 @@ import pytest
 
 from adapt.config.sections import DataSection, DataSource
 from adapt.data.decontam import NgramIndex, read_benchmark
-from adapt.data.sources import load_training_data
+from conftest import mixture_rows
 
 BENCHMARKS = {
     "gsm8k": "gsm8k/test.jsonl", "mmlu": "mmlu/test", "bbh": "bbh/bbh", "humaneval": "humaneval/HumanEval.jsonl.gz",
@@ -41,7 +41,7 @@ def test_planted_eval_prompts_are_caught_and_real_rows_kept(shared, tmp_path):
     path.write_text(json.dumps(rows))
 
     section = DataSection(sources=[DataSource(path=str(path))], on_bad_row="skip", decontaminate=benchmarks)
-    summary = load_training_data(section, "sft").summary()["sources"][0]
+    summary = mixture_rows(section, "sft").sources[0]
     caught = {d["row"]: (d["benchmark"], d["item"]) for d in summary["decontaminated"]}
     assert caught == planted  # every planted prompt, with the benchmark item it came from, and nothing else
     assert summary["dropped"]["benchmark overlap"] == len(planted)

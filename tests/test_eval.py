@@ -5,9 +5,9 @@ import random
 import pytest
 import torch
 
-from adapt_eval.generation import completion_logprobs
-from adapt_eval.demo_report import render_markdown
 from adapt.tasks import get_task
+from adapt_eval.demo_report import render_markdown
+from adapt_eval.generation import completion_logprobs
 from conftest import tiny_olmoe
 
 

@@ -9,8 +9,9 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from adapt_eval.rescore import rescore
 from adapt_eval.runner import JournaledLM
-from adapt_eval.suite import evaluate, load_suite, rescore
+from adapt_eval.suite import evaluate, load_suite
 from conftest import REPO, tiny_olmoe
 
 SUITE = {
@@ -55,8 +56,12 @@ def test_results_and_samples_files(run, model_dir):
     gsm8k, mmlu = results["tasks"]["gsm8k"], results["tasks"]["mmlu"]
     assert gsm8k["settings"]["num_fewshot"] == 2 and gsm8k["data"]["items"] == 2
     assert mmlu["data"]["items"] == 2 * 57 and mmlu["scores"]["subjects"]["value"] == 57
-    assert 0 <= mmlu["scores"]["acc"]["value"] <= 1 and mmlu["scores"]["acc"]["stderr"] > 0
     rows = [json.loads(line) for line in (run.out / "samples.jsonl").read_text().splitlines()]
+    # MMLU's accuracy is the mean of its items' verdicts, its standard error the pooled Bernoulli one
+    verdicts = [r["score"] for r in rows if r["task"] == "mmlu"]
+    acc = sum(verdicts) / len(verdicts)
+    assert mmlu["scores"]["acc"]["value"] == pytest.approx(acc)
+    assert mmlu["scores"]["acc"]["stderr"] == pytest.approx((acc * (1 - acc) / (len(verdicts) - 1)) ** 0.5)
     assert len(rows) == 2 + 2 * 57 + 2
     sampled = [r for r in rows if r["task"] == "humaneval"]
     assert all(len(r["completions"]) == 3 for r in sampled)  # every sample kept, for pass@k and re-scoring

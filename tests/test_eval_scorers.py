@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from adapt_eval.benchmarks.gsm8k import extract_answer, is_correct
-from adapt_eval.suite import rescore
+from adapt_eval.rescore import rescore
 from conftest import REPO
 
 
@@ -89,7 +89,8 @@ def test_ifeval_checker_on_gpt4_responses(shared, tmp_path):
     responses = [json.loads(line)["response"]
                  for line in (shared / "data/reference/ifeval/gpt4-responses.jsonl").read_text().splitlines()]
     preds = write_predictions(tmp_path / "p.jsonl", [{"item_id": i, "completion": r} for i, r in enumerate(responses)])
-    metrics = {k: round(100 * v["value"], 1) for k, v in rescore("ifeval", preds, data_dir=str(shared / "data")).items()}
+    scores = rescore("ifeval", preds, data_dir=str(shared / "data"))
+    metrics = {k: round(100 * v["value"], 1) for k, v in scores.items()}
     # The IFEval paper reports GPT-4 at 76.9 / 79.3 (prompt strict / loose) and 83.6 / 85.4 (instruction); one of
     # these 541 stored responses belongs to a prompt worded differently, and lm-eval's port differs from the
     # official checker on a few letter-frequency instructions (measured on the full set).

@@ -1,10 +1,11 @@
 """Token-level fidelity to open-instruct's encoding of the published OLMoE runs, with OLMoE's real tokenizer named
 as the Hub's is: EOS and pad, no BOS.
 
-The reference encoder below is written from the description of open-instruct's `finetune.py` / `dpo_tune.py`
-(August 2024, the code of the released run): every message stripped, the tulu format, the whole text stripped,
-`--add_bos` with EOS as BOS, and a label mask computed by tokenizing message prefixes *without* the BOS, so that every mask boundary lands
-one token early (the `\\n` after `<|assistant|>` is trained, the `\\n` after an assistant's EOS is not).
+The reference encoder below is written from the description of open-instruct's `finetune.py` / `dpo_tune.py` (August
+2024, the code of the released run): every message stripped, the tulu format, the whole text stripped, `--add_bos`
+with EOS as BOS, and a label mask computed by tokenizing message prefixes *without* the BOS, so that every mask
+boundary lands one token early (the `\\n` after `<|assistant|>` is trained, the `\\n` after an assistant's EOS is
+not).
 """
 
 import json
@@ -98,7 +99,8 @@ training: {{output_dir: {tmp_path / 'out'}, max_length: {max_length}, bf16: fals
 
 def prepared(config):
     tokenizer = load_tokenizer(config.model)
-    return tokenizer, prepare_data(config, tokenizer, use_cache=False).train
+    layout = config.sequence_layout()
+    return tokenizer, prepare_data(config.stage, config.data, layout, tokenizer, use_cache=False).train
 
 
 @pytest.mark.parametrize("max_length", [512, 40])  # 40 truncates the long conversations mid-turn

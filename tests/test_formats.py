@@ -56,12 +56,12 @@ def test_hh_rlhf_transcripts():
 
 def test_real_hh_rlhf_and_ultrafeedback_files_convert(shared):
     from adapt.config.sections import DataSection, DataSource
-    from adapt.data.sources import load_training_data
+    from conftest import mixture_rows
 
     for path in ("preference/hh-rlhf/helpful-base-test.jsonl.gz", "preference/ultrafeedback/train_clean.jsonl"):
         data = DataSection(sources=[DataSource(path=str(shared / "data" / path))], on_bad_row="skip")
-        mixture = load_training_data(data, "dpo")
-        summary = mixture.summary()["sources"][0]
+        mixture = mixture_rows(data, "dpo")
+        summary = mixture.sources[0]
         assert summary["rows_kept"] > 0.95 * summary["rows_read"], summary
         row = mixture.train[0]
         assert row["chosen"][0]["role"] == "assistant" and row["prompt"][-1]["role"] == "user"
@@ -69,13 +69,14 @@ def test_real_hh_rlhf_and_ultrafeedback_files_convert(shared):
 
 def test_real_code_alpaca_converts(shared):
     from adapt.config.sections import DataSection, DataSource
-    from adapt.data.sources import DataError, load_training_data
+    from adapt.data.sources import DataError
+    from conftest import mixture_rows
 
     path = str(shared / "data/sft/code_alpaca_2k.json")
     with pytest.raises(DataError, match=r"code_alpaca_2k.json: row \d+: empty assistant turn"):
-        load_training_data(DataSection(sources=[DataSource(path=path)]), "sft")  # real rows with empty outputs
-    mixture = load_training_data(DataSection(sources=[DataSource(path=path)], on_bad_row="skip"), "sft")
-    summary = mixture.summary()["sources"][0]
+        mixture_rows(DataSection(sources=[DataSource(path=path)]), "sft")  # real rows with empty outputs
+    mixture = mixture_rows(DataSection(sources=[DataSource(path=path)], on_bad_row="skip"), "sft")
+    summary = mixture.sources[0]
     assert summary["format"] == "alpaca" and summary["rows_read"] == 2017
     assert summary["rows_kept"] + sum(summary["dropped"].values()) == 2017
     assert set(summary["dropped"]) == {"empty assistant turn"} and len(mixture.train) == summary["rows_kept"]

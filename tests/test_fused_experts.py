@@ -156,9 +156,8 @@ def test_expert_parallelism_with_adapt_fused_is_refused_before_loading(tmp_path)
 
 def test_sft_then_dpo_follow_the_stock_trajectory(tmp_path):
     """Through the toolkit's trainers (router losses on): per-step losses equal those of grouped_mm."""
-    from test_training import dpo_config, metrics, sft_config
-
     from adapt.stages import dpo, sft
+    from test_training import dpo_config, metrics, sft_config
 
     runs = {}
     for impl in ("grouped_mm", "adapt_fused"):

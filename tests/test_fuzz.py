@@ -90,14 +90,16 @@ PAIR = {"prompt": "hi", "chosen": "hello", "rejected": "go away"}
 
 def data_files():
     """(name, file name, bytes, stage)."""
-    line = lambda row: json.dumps(row).encode() + b"\n"  # noqa: E731
+    def line(row):
+        return json.dumps(row).encode() + b"\n"
     good = line(MESSAGES)
     yield "number in alpaca input", "a.jsonl", line({"instruction": "x", "input": 5, "output": "y"}) + good, "sft"
     yield "string turn", "m.jsonl", line({"messages": ["hi", "there"]}) + good, "sft"
     yield "messages not a list", "m.jsonl", line({"messages": "hi"}) + good, "sft"
     yield "content a dict", "m.jsonl", line({"messages": [{"role": "user", "content": {"a": 1}},
                                                           {"role": "assistant", "content": "x"}]}) + good, "sft"
-    yield "role missing", "m.jsonl", line({"messages": [{"content": "x"}, {"role": "assistant", "content": "y"}]}) + good, "sft"
+    no_role = {"messages": [{"content": "x"}, {"role": "assistant", "content": "y"}]}
+    yield "role missing", "m.jsonl", line(no_role) + good, "sft"
     yield "list chosen", "p.jsonl", line({"prompt": "hi", "chosen": [1, 2], "rejected": "no"}) + line(PAIR), "dpo"
     yield "integer HH transcript", "h.jsonl", line({"chosen": 5, "rejected": 7}) + line(
         {"chosen": "\n\nHuman: hi\n\nAssistant: yes", "rejected": "\n\nHuman: hi\n\nAssistant: no"}), "dpo"

@@ -12,11 +12,11 @@ from huggingface_hub import ModelCard, constants
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from adapt.config import load_recipe
-from adapt_eval.suite import model_fingerprint
 from adapt.hub import push as push_module
 from adapt.hub.folder import FolderOptions, PublishError
 from adapt.hub.push import dry_run, push_run
 from adapt.stages import dpo, sft
+from adapt_eval.suite import model_fingerprint
 from conftest import TINY_DPO, TINY_SFT, tiny_olmoe, write_recipe
 from hub_server import FakeHub
 

@@ -1,7 +1,9 @@
-"""The local-file variant of the OLMoE recipes (recipes/olmoe-1b-7b/local/) on the real data and tokenizer in
-../shared: the data summary is complete and byte-for-byte repeatable, and SFT then DPO train on it."""
+"""The local-file variant of the OLMoE recipes (recipes/olmoe-1b-7b/local/) on the real data and tokenizer (the
+recipes find them through $ADAPT_DATA and $OLMOE_TOKENIZER): the data summary is complete and byte-for-byte
+repeatable, and SFT then DPO train on it."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -13,14 +15,21 @@ SFT = "recipes/olmoe-1b-7b/local/sft.yaml"
 DPO = "recipes/olmoe-1b-7b/local/dpo.yaml"
 
 
+@pytest.fixture
+def local_data(shared, monkeypatch):
+    """Where the local recipes' ${ADAPT_DATA} and ${OLMOE_TOKENIZER} point."""
+    monkeypatch.setenv("ADAPT_DATA", str(shared / "data"))
+    monkeypatch.setenv("OLMOE_TOKENIZER", str(shared / "tokenizers/olmoe-gpt-neox-20b-pii-special.json"))
+
+
 def adapt_data(*args):
     run = subprocess.run([sys.executable, "-m", "adapt.cli", "data", *args], cwd=REPO, capture_output=True,
-                         text=True, timeout=300)
+                         text=True, timeout=300, env=dict(os.environ))
     assert run.returncode == 0, run.stderr[-3000:]
     return run.stdout
 
 
-def test_sft_summary_is_repeatable_and_accounts_for_every_row(shared, tmp_path):
+def test_sft_summary_is_repeatable_and_accounts_for_every_row(local_data, tmp_path):
     cache = f"data.cache_dir={tmp_path}"
     built, cached, uncached = adapt_data("--config", SFT, cache), adapt_data("--config", SFT, cache), \
         adapt_data("--config", SFT, "data.cache=false")
@@ -30,18 +39,19 @@ def test_sft_summary_is_repeatable_and_accounts_for_every_row(shared, tmp_path):
     for s in summary["sources"]:
         assert s["rows_read"] == raw[s["source"]]
         assert s["rows_read"] == s["rows_kept"] + sum(s["dropped"].values()) + s["rows_not_taken"]
-        assert s["tokens"] > s["trained_tokens"] > 0 and s["length_percentiles"]["max"] >= s["length_percentiles"]["p50"]
+        assert s["tokens"] > s["trained_tokens"] > 0
+        assert s["length_percentiles"]["max"] >= s["length_percentiles"]["p50"]
         assert len(s["decontaminated"]) == s["dropped"].get("benchmark overlap", 0)
     assert summary["train_rows"] == sum(s["rows_kept"] for s in summary["sources"])
     assert summary["packing"] and summary["packed_sequences"] < summary["train_rows"]
 
 
 @pytest.mark.slow
-def test_local_sft_then_dpo_train(shared, tmp_path, monkeypatch):
+def test_local_sft_then_dpo_train(local_data, tmp_path, monkeypatch):
     from adapt.config import load_recipe
     from adapt.stages import dpo, sft
 
-    monkeypatch.chdir(REPO)  # the recipes' ../shared paths start from the repository root
+    monkeypatch.chdir(REPO)
     common = [f"data.cache_dir={tmp_path / 'cache'}", "training.max_steps=2", "training.max_length=256",
               "training.logging_steps=1"]
     sft.run(load_recipe(SFT, common + [f"training.output_dir={tmp_path / 'sft'}"]))

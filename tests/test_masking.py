@@ -1,4 +1,5 @@
-"""Loss only on assistant tokens, checked token by token with OLMoE's real tokenizer through TRL's own data path."""
+"""Loss only on assistant tokens, checked token by token with OLMoE's real tokenizer through the toolkit's data path
+(adapt.data.tokenize) and the SFT trainer's collator."""
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ def olmoe_tokenizer(shared):
 def test_assistant_only_labels_token_by_token(olmoe_tokenizer, tmp_path, add_bos):
     from datasets import Dataset
 
+    from adapt.data.tokenize import SOURCE_COLUMN, tokenize_mixture
     from adapt.trainers import AdaptSFTTrainer
 
     tok = olmoe_tokenizer
@@ -32,9 +34,12 @@ def test_assistant_only_labels_token_by_token(olmoe_tokenizer, tmp_path, add_bos
                 {"role": "assistant", "content": "6."}]
     recipe = write_recipe(tmp_path / "r.yaml", TINY_SFT.format(rows=4, lb=0.01, z=0.001, out=tmp_path / "o", steps=1))
     config = load_recipe(recipe, ["training.max_length=512"])
-    assert config.assistant_only_loss  # the toolkit's SFT default
+    assert config.data.assistant_only_loss  # the toolkit's SFT default
+    rows = Dataset.from_list([{"messages": messages, SOURCE_COLUMN: 0}])
+    tokenized, _ = tokenize_mixture(rows, tok, "sft", max_length=512, over_length="truncate",
+                                    assistant_only_loss=config.data.assistant_only_loss)
     model = tiny_olmoe(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    trainer = AdaptSFTTrainer(model=model, args=config, train_dataset=Dataset.from_list([{"messages": messages}]),
+    trainer = AdaptSFTTrainer(model=model, args=config, train_dataset=tokenized.remove_columns(SOURCE_COLUMN),
                               processing_class=tok)
     batch = trainer.data_collator([trainer.train_dataset[0]])
     input_ids, labels = batch["input_ids"][0], batch["labels"][0]

@@ -21,7 +21,7 @@ PUBLISHED_SFT = {
     "loss_reduction": "sum", "max_grad_norm": 1.0,  # --reduce_loss sum, DeepSpeed gradient_clipping 1.0
     "learning_rate": 2e-5, "lr_scheduler_type": "linear", "warmup_steps": 0.03, "weight_decay": 0.0,
     "num_train_epochs": 2, "max_length": 4096, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2,
-    "bf16": True, "assistant_only_loss": True, "packing": False, "parallel.deepspeed": "zero3",
+    "bf16": True, "data.assistant_only_loss": True, "packing": False, "parallel.deepspeed": "zero3",
 }
 PUBLISHED_DPO = {
     "model.dtype": "bfloat16", "model.chat_template": "tulu", "model.add_bos": True,

@@ -22,13 +22,28 @@ def test_recipes_exist():
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.relative_to(REPO / "recipes").as_posix())
-def test_every_recipe_validates(path):
+def test_every_recipe_validates(path, monkeypatch):
     # Inputs written by an earlier stage (the DPO recipes' SFT folder) do not exist yet, and the GPU recipes ask
-    # for bf16, so paths and hardware are not checked here; everything else is.
+    # for bf16, so paths and hardware are not checked here; everything else is. The local recipes name their data
+    # through the environment.
+    monkeypatch.setenv("ADAPT_DATA", "/data")
+    monkeypatch.setenv("OLMOE_TOKENIZER", "/tokenizer.json")
     config = load_recipe(path, check_paths=False, check_hardware=False)
     assert isinstance(config, (AdaptSFTConfig, AdaptDPOConfig))
     assert config.stage == yaml.safe_load(path.read_text())["stage"]
     assert config.router_aux_loss_coef == config.router.load_balancing_weight
+
+
+def test_environment_variables_name_paths_and_an_unset_one_is_refused(tmp_path, monkeypatch):
+    data = tmp_path / "train.jsonl"
+    recipe = tiny(tmp_path).read_text().replace("task: reverse", "path: '${MY_DATA}/train.jsonl'")
+    path = write_recipe(tmp_path / "env.yaml", recipe)
+    monkeypatch.delenv("MY_DATA", raising=False)
+    message = _error(path, check_paths=False)
+    assert message == (f"{path}: data.sources[0].path: uses ${{MY_DATA}}, which is not set in the environment. Fix: "
+                       "export MY_DATA=... (the folder or file it names), or write the path itself")
+    monkeypatch.setenv("MY_DATA", str(tmp_path))
+    assert load_recipe(path, check_paths=False).data.sources[0].path == str(data)
 
 
 def _error(path, *overrides, **kw) -> str:
@@ -157,9 +172,10 @@ def test_integers_work_for_every_float_field_of_every_section(tmp_path):
     import dataclasses
     import typing
 
+    from trl import SFTConfig
+
     from adapt.config.checks import _admits_int, matches
     from adapt.config.sections import SECTION_TYPES
-    from trl import SFTConfig
 
     path = tiny(tmp_path)
     float_fields = []

@@ -140,7 +140,8 @@ def test_a_second_run_to_a_live_runs_folder_is_refused(tmp_path):
     from adapt.stages import sft
 
     sft.run(load_recipe(tiny(tmp_path)))
-    files = lambda: {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir() if p.name != LOCK}  # noqa: E731
+    def files():
+        return {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir() if p.name != LOCK}
     before = files()
     with RunLock(tmp_path / "run"):  # the first run is still alive
         for overwrite in ([], ["overwrite=true"]):
@@ -208,7 +209,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_marked_complete(tmp_path, sm
     (small_disk / "ballast").write_bytes(b"x" * 60_000)  # the cache's entry does not fit either
     config = load_recipe(tiny(tmp_path), [f"data.cache_dir={small_disk / 'cache'}"])
     with pytest.raises(DataError, match="cannot write the tokenized mixture") as info:
-        prepare_data(config, load_tokenizer(config.model))
+        prepare_data(config.stage, config.data, config.sequence_layout(), load_tokenizer(config.model))
     assert "\n" not in str(info.value)
     assert [p.name for p in (small_disk / "cache").iterdir()] == []  # no temporary folder left behind
 

@@ -12,17 +12,25 @@ from adapt.data.formats import converter
 from adapt.data.tokenize import SOURCE_COLUMN, pack, percentiles, tokenize_mixture
 from adapt.data.tokenizer import tulu_template
 from adapt.tasks import get_task
-from adapt.trainers import AdaptDPOTrainer, AdaptSFTTrainer
+from adapt.trainers import AdaptDPOTrainer
 from conftest import TINY_DPO, TINY_SFT, tiny_olmoe, write_recipe
 
 
 def sft_trainer(tmp_path, tokenizer, rows, overrides=()):
+    """The recipe's config, and TRL's own SFTTrainer preparing `rows` with the recipe's settings: the reference. (The
+    toolkit's config skips TRL's preparation, because the toolkit's tokenization replaces it.)"""
+    from trl import SFTConfig, SFTTrainer
+
     recipe = write_recipe(tmp_path / "sft.yaml", TINY_SFT.format(rows=8, lb=0.01, z=0.001, out=tmp_path / "o", steps=1))
     config = load_recipe(recipe, list(overrides))
+    assert config.data.assistant_only_loss and config.dataset_kwargs == {"skip_prepare_dataset": True}
+    reference = SFTConfig(output_dir=str(tmp_path / "trl"), max_length=config.max_length, packing=config.packing,
+                          packing_strategy=config.packing_strategy, padding_free=config.padding_free,
+                          assistant_only_loss=True, bf16=False, report_to=[])
     model = tiny_olmoe(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                        eos_token_id=tokenizer.eos_token_id)
-    return config, AdaptSFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
-                                   processing_class=tokenizer)
+    return config, SFTTrainer(model=model, args=reference, train_dataset=Dataset.from_list(rows),
+                              processing_class=tokenizer)
 
 
 def with_source(rows):

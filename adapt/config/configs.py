@@ -20,8 +20,25 @@ from adapt.config.sections import (
     ModelSection,
     ParallelSection,
     RouterSection,
+    SequenceLayout,
     router_loss_scale,
 )
+
+# TRL/transformers fields the toolkit sets itself, from its own sections or because it does the work TRL would: a
+# recipe that sets them under `training:` is refused with the fix, and the resolved recipe does not repeat them.
+OWNED_TRAINING_KEYS = {
+    "router_aux_loss_coef": "set `router.load_balancing_weight` instead",
+    "deepspeed": "set `parallel.deepspeed` instead",
+    "push_to_hub": "set `hub.push` instead",
+    "hub_model_id": "set `hub.repo_id` instead",
+    "hub_private_repo": "set `hub.private` instead",
+    "hub_revision": "set `hub.revision` instead",
+    "model_init_kwargs": "set `model.dtype` / `model.attn_implementation` instead",
+    # the toolkit builds the labels (adapt/data/tokenize.py), so the mask is a data setting
+    "assistant_only_loss": "set `data.assistant_only_loss` instead (the toolkit builds the labels itself)",
+    # the rows reach the trainer tokenized, masked and packed, so TRL's own preparation is always skipped
+    "dataset_kwargs": "remove it: the toolkit tokenizes, masks and packs the rows itself (adapt/data/tokenize.py)",
+}
 
 
 @dataclass
@@ -47,8 +64,6 @@ class _AdaptSections:
 
     def training_dict(self) -> dict[str, Any]:
         """The TRL/transformers fields only, JSON-serialisable (enums as values, tokens hidden)."""
-        from adapt.config.recipe import OWNED_TRAINING_KEYS  # set through the sections, so not repeated here
-
         own = {f.name for f in dataclasses.fields(_AdaptSections) if not f.metadata.get("training_key")}
         own |= set(OWNED_TRAINING_KEYS)
         d = {k: v for k, v in super().to_dict().items() if k not in own}
@@ -60,6 +75,13 @@ class _AdaptSections:
         for name in SECTION_TYPES:
             d[name] = dataclasses.asdict(getattr(self, name))
         return d
+
+    def sequence_layout(self) -> SequenceLayout:
+        """The TRL fields the data layer reads (SFT packs; DPO never does)."""
+        if self.stage != "sft":
+            return SequenceLayout(self.max_length, num_proc=self.dataset_num_proc)
+        return SequenceLayout(self.max_length, self.packing, self.packing_strategy, self.eval_packing,
+                              self.dataset_num_proc)
 
     def router_loss_scale(self) -> str:
         """What each router weight multiplies, in words (the header of the run's recipe.yaml, the model card)."""

@@ -88,9 +88,11 @@ def _check_model_config(model, file: str | None) -> None:
     """`model.config` keys must be fields of the family's config class (a typo would silently keep the default)."""
     if not model.config:
         return
-    from adapt.model.loading import ARCHITECTURES  # transformers' config classes, imported only when needed
+    import transformers  # its config classes, imported only when a recipe builds a model from `config`
 
-    config_cls = ARCHITECTURES[model.architecture][0]
+    from adapt.config.sections import ARCHITECTURES
+
+    config_cls = getattr(transformers, ARCHITECTURES[model.architecture][0])
     known = set(config_cls().to_dict())
     for key, value in model.config.items():
         if not isinstance(key, str) or key not in known:

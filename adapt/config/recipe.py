@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -19,21 +20,16 @@ import yaml
 from adapt.config import yamlfile
 from adapt.config.checks import RecipeError, coerce_scalar, describe, matches, suggest
 from adapt.config.limits import check_ranges, non_finite
-from adapt.config.sections import SECTION_TYPES, DataSource
+from adapt.config.sections import (
+    BUILTIN_TOKENIZERS,
+    DECONTAMINATION_BENCHMARKS,
+    PREFERENCE_FORMATS,
+    SECTION_TYPES,
+    SFT_FORMATS,
+    DataSource,
+)
 
 TOP_LEVEL_KEYS = ("stage", *SECTION_TYPES, "training", "overwrite")
-
-# TRL/transformers fields the toolkit owns through its own sections: setting them under `training:` would be
-# ambiguous, so the loader points at the section instead.
-OWNED_TRAINING_KEYS = {
-    "router_aux_loss_coef": "router.load_balancing_weight",
-    "deepspeed": "parallel.deepspeed",
-    "push_to_hub": "hub.push",
-    "hub_model_id": "hub.repo_id",
-    "hub_private_repo": "hub.private",
-    "hub_revision": "hub.revision",
-    "model_init_kwargs": "model.dtype / model.attn_implementation",
-}
 
 # Keys that older recipes (open-instruct, transformers 4, TRL < 1) use and today's libraries renamed.
 RENAMED_TRAINING_KEYS = {
@@ -63,11 +59,35 @@ def load_recipe(path: str | os.PathLike, overrides: typing.Sequence[str] = (), *
 
 
 def read_recipe(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> dict[str, Any]:
-    """The recipe as a plain dict with the overrides applied, not yet validated."""
+    """The recipe as a plain dict with the overrides applied and `${VAR}`s expanded, not yet validated."""
     raw = yamlfile.read(str(path))
     for item in overrides:
         _apply_override(raw, item, str(path))
-    return raw
+    return _expand_env(raw, "", str(path))
+
+
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_env(node: Any, where: str, file: str) -> Any:
+    """`${NAME}` in a string value is the environment variable NAME, so a recipe can point at data wherever each
+    machine keeps it (`path: ${ADAPT_DATA}/sft/train.jsonl`). An unset variable is an error naming the key, never an
+    empty string. Only the `${...}` form is expanded; a lone `$` stays as written."""
+    if isinstance(node, dict):
+        return {k: _expand_env(v, f"{where}.{k}" if where else str(k), file) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_env(v, f"{where}[{i}]", file) for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def value(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise RecipeError(file, where, f"uses ${{{name}}}, which is not set in the environment",
+                              f"export {name}=... (the folder or file it names), or write the path itself")
+        return os.environ[name]
+
+    return ENV_REFERENCE.sub(value, node)
 
 
 def build_config(raw: dict[str, Any], file: str | None = None, *, check_paths: bool = True,
@@ -92,22 +112,32 @@ def build_config(raw: dict[str, Any], file: str | None = None, *, check_paths: b
     check_ranges(recipe_stage, sections, training, file)
     _check_contradictions(recipe_stage, sections, training, file)
     _check_loss_reduction(recipe_stage, training, file)
-    if sections["data"].strip is None:  # open-instruct strips every message it renders with the tulu template
-        sections["data"].strip = sections["model"].chat_template == "tulu"
     if check_paths:
         _check_paths(sections, file)
     if check_paths and check_output and not training.get("resume_from_checkpoint"):
         _check_output_dir(training["output_dir"], raw.get("overwrite", False), file)
 
-    cls = STAGE_CONFIGS[recipe_stage]
-    if recipe_stage == "sft":
-        # SFT rows are conversations; the loss belongs on the assistant turns (open-instruct's choice, and the
-        # OLMoE recipe's). TRL's default is every token, so the toolkit's default differs: say `false` to get it.
-        training.setdefault("assistant_only_loss", True)
+    return _construct(STAGE_CONFIGS[recipe_stage], _finished(recipe_stage, sections, training, raw, file), file,
+                      check_hardware)
+
+
+def _finished(stage: str, sections: dict[str, Any], training: dict[str, Any], raw: dict[str, Any],
+              file: str | None) -> dict[str, Any]:
+    """Every field the toolkit decides, set here, once, before TRL's config is built; nothing changes it later."""
+    from adapt.parallel.launch import launch_settings
+
+    data = sections["data"]
+    if data.strip is None:  # open-instruct strips every message it renders with the tulu template
+        data.strip = sections["model"].chat_template == "tulu"
+    if stage == "sft":
+        # The loss on the assistant turns unless the recipe says otherwise (TRL's default is every token). The labels
+        # are built by adapt/data/tokenize.py, so TRL's own preparation (and its assistant_only_loss) stays off.
+        data.assistant_only_loss = True if data.assistant_only_loss is None else data.assistant_only_loss
+        training["dataset_kwargs"] = {"skip_prepare_dataset": True}
     training["router_aux_loss_coef"] = sections["router"].load_balancing_weight
     training["deepspeed"] = _deepspeed_config(sections["parallel"], file)
-    kwargs = dict(training, stage=recipe_stage, overwrite=raw.get("overwrite", False), recipe_path=file, **sections)
-    return _construct(cls, kwargs, file, check_hardware)
+    training.update(launch_settings(bool(sections["parallel"].deepspeed), training))  # distributed CPU: gloo
+    return dict(training, stage=stage, overwrite=raw.get("overwrite", False), recipe_path=file, **sections)
 
 
 # ----------------------------------------------------------------------------------------------------------- reading
@@ -174,6 +204,7 @@ def _checked(value: Any, hint: Any, where: str, file: str | None) -> Any:
 
 def _training(values: Any, trl_cls, stage_cls, file: str | None) -> dict[str, Any]:
     """The `training:` mapping: TRL's fields, plus the toolkit's own few (marked `training_key` in configs.py)."""
+    from adapt.config.configs import OWNED_TRAINING_KEYS
     if not isinstance(values, dict):
         raise RecipeError(file, "training", "must be a mapping of TRL config fields", "e.g. `learning_rate: 2e-5`")
     fields, hints = _fields(trl_cls), typing.get_type_hints(trl_cls)
@@ -183,8 +214,7 @@ def _training(values: Any, trl_cls, stage_cls, file: str | None) -> dict[str, An
     out = {}
     for key, value in values.items():
         if key in OWNED_TRAINING_KEYS:
-            raise RecipeError(file, f"training.{key}", "is set through the toolkit's own section",
-                              f"set `{OWNED_TRAINING_KEYS[key]}` instead")
+            raise RecipeError(file, f"training.{key}", "is set by the toolkit", OWNED_TRAINING_KEYS[key])
         if key not in fields:
             fix = RENAMED_TRAINING_KEYS.get(key) or suggest(str(key), fields)
             raise RecipeError(file, f"training.{key}", f"unknown {trl_cls.__name__} field", fix)
@@ -203,6 +233,9 @@ def _check_contradictions(stage: str, s: dict[str, Any], training: dict[str, Any
         raise RecipeError(file, "model.add_bos", "prepends the BOS through the tulu template; with "
                           "chat_template: tokenizer the tokenizer's own template decides the BOS",
                           "use chat_template: tulu, or drop add_bos")
+    if data.assistant_only_loss is not None and stage != "sft":
+        raise RecipeError(file, "data.assistant_only_loss", "is an SFT label setting: DPO scores the whole chosen and "
+                          "rejected answers", "remove it")
     if data.train_assistant_newline and stage != "sft":
         raise RecipeError(file, "data.train_assistant_newline", "is an SFT label setting: in DPO that token's "
                           "log-prob is the same for chosen and rejected and cancels in the loss", "remove it")
@@ -211,8 +244,6 @@ def _check_contradictions(stage: str, s: dict[str, Any], training: dict[str, Any
                           "set `model.tokenizer` to a Hub id, a folder or `builtin:<name>`")
     if not data.sources:
         raise RecipeError(file, "data.sources", "no training data", "list at least one source (path, hub or task)")
-    from adapt.data.formats import PREFERENCE_FORMATS, SFT_FORMATS
-    from adapt.data.tokenizer import BUILTIN_TOKENIZERS
     from adapt.tasks import TASKS
 
     formats = SFT_FORMATS if stage == "sft" else PREFERENCE_FORMATS
@@ -232,11 +263,10 @@ def _check_contradictions(stage: str, s: dict[str, Any], training: dict[str, Any
             and model.tokenizer.split(":", 1)[1] not in BUILTIN_TOKENIZERS:
         raise RecipeError(file, "model.tokenizer", f"unknown builtin tokenizer {model.tokenizer!r}",
                           f"use one of {', '.join('builtin:' + n for n in BUILTIN_TOKENIZERS)}")
-    from adapt.data.decontam import READERS
-
     for name in data.decontaminate:
-        if name not in READERS:
-            raise RecipeError(file, f"data.decontaminate.{name}", "unknown benchmark", suggest(name, READERS))
+        if name not in DECONTAMINATION_BENCHMARKS:
+            raise RecipeError(file, f"data.decontaminate.{name}", "unknown benchmark",
+                              suggest(name, DECONTAMINATION_BENCHMARKS))
     if not 0 < data.decontam_threshold <= 1 or data.decontam_ngram < 1:
         raise RecipeError(file, "data.decontam_threshold", "needs 0 < threshold <= 1 and decontam_ngram >= 1",
                           "e.g. threshold 0.5 with 8-grams")
@@ -300,7 +330,8 @@ def _check_paths(s: dict[str, Any], file: str | None) -> None:
     for name, path in s["data"].decontaminate.items():
         if path != "hub" and not path.startswith("hub:") and not os.path.exists(os.path.expanduser(path)):
             raise RecipeError(file, f"data.decontaminate.{name}", f"benchmark data {path!r} not found",
-                              "point it at the benchmark's local file or folder, or write `hub` to read it from the Hub")
+                              "point it at the benchmark's local file or folder, or write `hub` to read it from the "
+                              "Hub")
 
 
 def _deepspeed_config(parallel, file: str | None) -> dict | None:
@@ -338,15 +369,16 @@ def _construct(cls, kwargs: dict[str, Any], file: str | None, check_hardware: bo
     import torch
 
     want_bf16 = kwargs.get("bf16", True) and not kwargs.get("fp16")  # TRL turns bf16 on unless told otherwise
-    cpu_stand_in = not check_hardware and want_bf16 and not torch.cuda.is_available() and not kwargs.get("use_cpu")
+    if not check_hardware and want_bf16 and not torch.cuda.is_available():
+        # A GPU recipe validated on a CPU machine (`adapt check`, `adapt data`): built for this machine's CPU, which
+        # runs bf16 too, so TRL checks every other field. Such a config validates and prepares data; it never trains.
+        kwargs = dict(kwargs, use_cpu=True)
     try:
-        config = cls(**(dict(kwargs, use_cpu=True) if cpu_stand_in else kwargs))
+        config = cls(**kwargs)
     except (ValueError, TypeError) as e:
         message = str(e).split("\n")[0]
         if "bf16" in message:
             raise RecipeError(file, "training.bf16", "this machine has no bf16-capable GPU",
                               "set `training.bf16: false` to run on CPU, or launch on a GPU") from None
         raise RecipeError(file, "training", message, "see the TRL/transformers documentation of that field") from None
-    if cpu_stand_in:
-        config.use_cpu = False
     return config

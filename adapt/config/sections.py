@@ -9,6 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+# The names a recipe may use, each implemented a layer up: the recipe check refuses any other before anything
+# loads, and tests/test_structure.py holds each table equal to its implementation.
+SFT_FORMATS = ("messages", "conversations", "query_answer", "query_response", "alpaca", "prompt_completion")
+PREFERENCE_FORMATS = ("prompt_chosen_rejected", "hh_rlhf")  # both: adapt/data/formats.py
+BUILTIN_TOKENIZERS = ("demo",)  # adapt/data/tokenizer.py
+DECONTAMINATION_BENCHMARKS = ("gsm8k", "mmlu", "bbh", "humaneval", "mbpp", "ifeval", "alpaca_eval", "xstest")
+# model.architecture -> transformers' config and model class names (adapt/model/loading.py)
+ARCHITECTURES = {"olmoe": ("OlmoeConfig", "OlmoeForCausalLM")}
+
 
 @dataclass
 class ModelSection:
@@ -91,6 +100,10 @@ class DataSection:
     # `--add_bos` trains it by accident (its label mask is computed on prefixes without the BOS, one token early), so
     # the recipes that reproduce the published run turn this on; it is one trivially predictable token per turn.
     train_assistant_newline: bool = False
+    # SFT: the loss falls on the assistant turns only (open-instruct's choice, and the OLMoE recipes'); `false` trains
+    # every token. The toolkit builds the labels itself (adapt/data/tokenize.py), so this is a data setting, not
+    # TRL's `training.assistant_only_loss`. Unset: on for SFT; DPO has no such setting.
+    assistant_only_loss: bool | None = None
 
 
 @dataclass
@@ -152,6 +165,18 @@ class HubSection:
     # Replace a repository (revision) that holds a different model (`adapt push --force`); the same model again
     # (same weights fingerprint) is always allowed.
     allow_overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class SequenceLayout:
+    """How tokenized rows become training sequences: the few TRL fields the data layer reads, taken from the stage
+    config once (`config.sequence_layout()`) so the data layer is handed what it uses, not the whole config."""
+
+    max_length: int | None
+    packing: bool = False
+    packing_strategy: str = "bfd"
+    eval_packing: bool | None = None  # None: as `packing`
+    num_proc: int | None = None
 
 
 SECTION_TYPES = {

@@ -42,7 +42,7 @@ _RecipeLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false
 
 def parse(text) -> Any:
     """One YAML document (a recipe or an override's value), with the limits above."""
-    value = yaml.load(text, Loader=_RecipeLoader)  # noqa: S506  a SafeLoader subclass
+    value = yaml.load(text, Loader=_RecipeLoader)  # safe: _RecipeLoader is a SafeLoader subclass
     if _expanded_size(value) > MAX_NODES:
         raise yaml.YAMLError(f"expands to more than {MAX_NODES} values (aliases nested inside aliases)")
     return value

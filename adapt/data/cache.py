@@ -25,6 +25,8 @@ from pathlib import Path
 
 from datasets import Dataset, load_from_disk
 
+from adapt.config.sections import DataSection, SequenceLayout
+
 FORMAT_VERSION = 1  # bump when the cached columns or summary change shape
 
 
@@ -73,22 +75,19 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()
 
 
-def mixture_key(config, tokenizer) -> str:
+def mixture_key(stage: str, data: DataSection, layout: SequenceLayout, tokenizer) -> str:
     import datasets
     import transformers
     import trl
 
-    data = dataclasses.asdict(config.data)
-    data.pop("cache"), data.pop("cache_dir")
+    settings = dataclasses.asdict(data)
+    settings.pop("cache"), settings.pop("cache_dir")
     parts = {
-        "format_version": FORMAT_VERSION, "stage": config.stage, "data": data,
-        "inputs": [source_fingerprint(s) for s in config.data.sources],
-        "benchmarks": decontamination_fingerprint(config.data.decontaminate),
+        "format_version": FORMAT_VERSION, "stage": stage, "data": settings,
+        "inputs": [source_fingerprint(s) for s in data.sources],
+        "benchmarks": decontamination_fingerprint(data.decontaminate),
         "tokenizer": tokenizer_fingerprint(tokenizer),
-        "max_length": config.max_length, "over_length": config.data.over_length,
-        "packing": getattr(config, "packing", False), "packing_strategy": getattr(config, "packing_strategy", None),
-        "eval_packing": getattr(config, "eval_packing", None),
-        "assistant_only_loss": getattr(config, "assistant_only_loss", False),
+        "layout": {k: v for k, v in dataclasses.asdict(layout).items() if k != "num_proc"},  # num_proc: same rows
         "versions": [transformers.__version__, trl.__version__, datasets.__version__],
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]

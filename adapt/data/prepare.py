@@ -9,13 +9,13 @@ give the same bytes; whether the cache was used is logged instead.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset
 
+from adapt.config.sections import DataSection, SequenceLayout
 from adapt.data import cache
 from adapt.data.sources import DataError, read_mixture, split_eval
 from adapt.data.tokenize import SOURCE_COLUMN, pack, tokenize_mixture
@@ -32,11 +32,11 @@ class PreparedData:
     from_cache: bool = False
 
 
-def training_template(config, tokenizer) -> str | None:
-    """The chat template that marks assistant turns for `assistant_only_loss`: None when the tokenizer's own has
+def training_template(stage: str, data: DataSection, tokenizer) -> str | None:
+    """The chat template that marks assistant turns for `data.assistant_only_loss`: None when the tokenizer's own has
     `{% generation %}` marks; else TRL's patched training template for known model families. Checked before
     tokenizing 600k rows, not after."""
-    if config.stage != "sft" or not getattr(config, "assistant_only_loss", False):
+    if stage != "sft" or not data.assistant_only_loss:
         return None
     from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
@@ -46,22 +46,24 @@ def training_template(config, tokenizer) -> str | None:
         return get_training_chat_template(tokenizer)
     except Exception as e:  # TRL knows a fixed list of templates
         raise DataError(f"model.chat_template: the tokenizer's chat template has no {{% generation %}} marks, so "
-                        f"training.assistant_only_loss cannot find the assistant tokens ({e}); use chat_template: "
-                        f"tulu, or set training.assistant_only_loss: false") from None
+                        f"data.assistant_only_loss cannot find the assistant tokens ({e}); use chat_template: "
+                        f"tulu, or set data.assistant_only_loss: false") from None
 
 
-def prepare_data(config, tokenizer, use_cache: bool | None = None) -> PreparedData:
-    """The trainer-ready train/eval datasets of a stage's recipe, and the data summary."""
-    template = training_template(config, tokenizer)
-    use_cache = config.data.cache if use_cache is None else use_cache
-    key = cache.mixture_key(config, tokenizer)
-    cache_dir = Path(config.data.cache_dir).expanduser() if config.data.cache_dir else cache.default_cache_dir()
+def prepare_data(stage: str, data: DataSection, layout: SequenceLayout, tokenizer,
+                 use_cache: bool | None = None) -> PreparedData:
+    """The trainer-ready train/eval datasets of a stage's recipe, and the data summary. A stage calls it as
+    `prepare_data(config.stage, config.data, config.sequence_layout(), tokenizer)`."""
+    template = training_template(stage, data, tokenizer)
+    use_cache = data.cache if use_cache is None else use_cache
+    key = cache.mixture_key(stage, data, layout, tokenizer)
+    cache_dir = Path(data.cache_dir).expanduser() if data.cache_dir else cache.default_cache_dir()
     if use_cache:
         hit = cache.load_entry(cache_dir, key)
         if hit is not None:
             log.info("data: tokenized mixture %s loaded from the cache (%s)", key, cache_dir / key)
             return PreparedData(*hit, cache_entry=cache_dir / key, from_cache=True)
-    train, held_out, summary = _build(config, tokenizer, key, template)
+    train, held_out, summary = _build(stage, data, layout, tokenizer, key, template)
     entry = None
     if use_cache:
         entry = cache.save_entry(cache_dir, key, train, held_out, summary)
@@ -69,13 +71,13 @@ def prepare_data(config, tokenizer, use_cache: bool | None = None) -> PreparedDa
     return PreparedData(train, held_out, summary, cache_entry=entry)
 
 
-def _build(config, tokenizer, key: str, template: str | None) -> tuple[Dataset, Dataset | None, dict[str, Any]]:
-    data = config.data
-    rows, sources = read_mixture(data, config.stage)
+def _build(stage: str, data: DataSection, layout: SequenceLayout, tokenizer, key: str,
+           template: str | None) -> tuple[Dataset, Dataset | None, dict[str, Any]]:
+    rows, sources = read_mixture(data, stage)
     tokenized, token_stats = tokenize_mixture(
-        rows, tokenizer, config.stage, max_length=config.max_length, over_length=data.over_length,
-        assistant_only_loss=getattr(config, "assistant_only_loss", False), chat_template=template,
-        strip=bool(data.strip), train_assistant_newline=data.train_assistant_newline, num_proc=config.dataset_num_proc)
+        rows, tokenizer, stage, max_length=layout.max_length, over_length=data.over_length,
+        assistant_only_loss=bool(data.assistant_only_loss), chat_template=template, strip=bool(data.strip),
+        train_assistant_newline=data.train_assistant_newline, num_proc=layout.num_proc)
     for summary, stats in zip(sources, token_stats):
         summary.dropped.update(stats["dropped"])
         summary.rows_kept = stats["rows"]
@@ -85,16 +87,16 @@ def _build(config, tokenizer, key: str, template: str | None) -> tuple[Dataset, 
     train, held_out = split_eval(tokenized.remove_columns(SOURCE_COLUMN), data.eval_rows, data.seed)
     train_rows, eval_rows = len(train), 0 if held_out is None else len(held_out)
 
-    packing = config.stage == "sft" and config.packing
+    packing = layout.packing
     if packing:
-        train = pack(train, config.max_length, config.packing_strategy, config.dataset_num_proc)
-    eval_packing = packing if getattr(config, "eval_packing", None) is None else config.eval_packing
-    if held_out is not None and config.stage == "sft" and eval_packing:
-        held_out = pack(held_out, config.max_length, config.packing_strategy, config.dataset_num_proc)
+        train = pack(train, layout.max_length, layout.packing_strategy, layout.num_proc)
+    eval_packing = packing if layout.eval_packing is None else layout.eval_packing
+    if held_out is not None and eval_packing:
+        held_out = pack(held_out, layout.max_length, layout.packing_strategy, layout.num_proc)
 
     summary = {
-        "stage": config.stage, "mixture_key": key,
-        "max_length": config.max_length, "over_length": data.over_length, "packing": packing,
+        "stage": stage, "mixture_key": key,
+        "max_length": layout.max_length, "over_length": data.over_length, "packing": packing,
         "sources": [{**s.as_dict(), **{k: v for k, v in t.items() if k not in ("source_id", "rows", "dropped")}}
                     for s, t in zip(sources, token_stats)],
         "train_rows": train_rows, "eval_rows": eval_rows,

@@ -45,20 +45,10 @@ class SourceSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return {"source": self.source, "format": self.format, "rows_read": self.rows_read,
-                "rows_kept": self.rows_kept, "rows_not_taken": self.rows_not_taken, "dropped": dict(sorted(self.dropped.items())),
+                "rows_kept": self.rows_kept, "rows_not_taken": self.rows_not_taken,
+                "dropped": dict(sorted(self.dropped.items())),
                 "dropped_examples": self.examples, "duplicates": self.duplicates,
                 "decontaminated": self.decontaminated}
-
-
-@dataclass
-class Mixture:
-    train: Dataset
-    eval: Dataset | None
-    sources: list[SourceSummary]
-
-    def summary(self) -> dict[str, Any]:
-        return {"sources": [s.as_dict() for s in self.sources], "train_rows": len(self.train),
-                "eval_rows": 0 if self.eval is None else len(self.eval)}
 
 
 # ------------------------------------------------------------------------------------------------------- reading
@@ -164,7 +154,8 @@ def _raw_rows(src, stage: str, seed: int) -> tuple[str, list[Any] | Dataset]:
         from adapt.tasks import get_task
 
         task = get_task(src.task)
-        rows = task.sft_rows(src.split, src.rows, seed) if stage == "sft" else task.preference_rows(src.split, src.rows, seed)
+        rows_of = task.sft_rows if stage == "sft" else task.preference_rows
+        rows = rows_of(src.split, src.rows, seed)
         return f"task:{src.task}", rows
     if src.path:
         return src.path, _read_local(src.path)
@@ -248,8 +239,8 @@ def _decontamination_index(data_section):
             benchmarks[name] = read_benchmark(name, ref)
         except (OSError, ValueError, KeyError, IndexError) as e:
             raise DataError(f"data.decontaminate.{name}: cannot read {ref!r} as {name} prompts "
-                            f"({type(e).__name__}: {e}); point it at the benchmark's file as ../shared/data or the "
-                            f"benchmark's release ships it") from None
+                            f"({type(e).__name__}: {e}); point it at the benchmark's file as the benchmark's release "
+                            f"ships it") from None
     return NgramIndex(benchmarks, n=data_section.decontam_ngram, threshold=data_section.decontam_threshold)
 
 
@@ -296,10 +287,3 @@ def split_eval(ds: Dataset, eval_rows: int, seed: int) -> tuple[Dataset, Dataset
         return ds, None
     split = ds.train_test_split(test_size=eval_rows, seed=seed)
     return split["train"], split["test"]
-
-
-def load_training_data(data_section, stage: str) -> Mixture:
-    """The mixture as conversational rows (untokenized) and the held-out eval rows."""
-    ds, summaries = read_mixture(data_section, stage)
-    train, held_out = split_eval(ds.remove_columns(SOURCE_COLUMN), data_section.eval_rows, data_section.seed)
-    return Mixture(train, held_out, summaries)

@@ -95,7 +95,8 @@ def percentiles(lengths: list[int]) -> dict[str, int]:
     if not lengths:
         return {}
     s = sorted(lengths)
-    pick = lambda q: s[min(len(s) - 1, max(0, -(-q * len(s) // 100) - 1))]  # noqa: E731  ceil(q*n/100)-th value
+    def pick(q):  # the ceil(q*n/100)-th value
+        return s[min(len(s) - 1, max(0, -(-q * len(s) // 100) - 1))]
     return {"p50": pick(50), "p90": pick(90), "p99": pick(99), "max": s[-1]}
 
 

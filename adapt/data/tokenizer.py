@@ -62,7 +62,8 @@ def load_tokenizer(model_section) -> PreTrainedTokenizerBase:
     if ref.startswith("builtin:"):
         name = ref.split(":", 1)[1]
         if name not in BUILTIN_TOKENIZERS:
-            raise ValueError(f"model.tokenizer: unknown builtin tokenizer {name!r}; known: {sorted(BUILTIN_TOKENIZERS)}")
+            raise ValueError(f"model.tokenizer: unknown builtin tokenizer {name!r}; "
+                             f"known: {sorted(BUILTIN_TOKENIZERS)}")
         tokenizer = BUILTIN_TOKENIZERS[name]()
     elif ref.endswith(".json"):  # a bare tokenizers file; its special tokens come from `model.special_tokens`
         from pathlib import Path

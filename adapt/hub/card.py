@@ -120,7 +120,7 @@ def _origin(run: Path, chain: list[Path], base: str | None) -> tuple[str, list[P
 
 
 def overview(run, name, repo_id, stage, what, base, chain, config, out) -> str:
-    from adapt.hub.folder import count_parameters
+    from adapt.hub.weights import count_parameters
 
     origin, shown = _origin(run, chain, base)
     steps = " → ".join([origin] + [f"`{p.name}`" for p in shown] + [f"**{stage or 'this run'}**"])
@@ -185,7 +185,8 @@ def _comparison(runs: list, suite: str) -> dict:
         return comparison(runs, suite)
     except ValueError:  # a suite file that is not here any more: the tasks as run, without the paper's rows
         headline = runs[-1].results["headline"]
-        cells = lambda r: {t: dict(zip(("value", "stderr"), r.headline(t))) for t in headline}  # noqa: E731
+        def cells(r):
+            return {t: dict(zip(("value", "stderr"), r.headline(t))) for t in headline}
         return {"suite": suite, "tasks": list(headline), "metrics": {t: h["metric"] for t, h in headline.items()},
                 "runs": [{"name": r.name, "limit": r.results.get("limit"), "cells": cells(r)} for r in runs],
                 "paper": []}

@@ -8,12 +8,13 @@ pickled `training_args.bin` and evaluation journals, none of which belong in a p
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+from adapt.hub.weights import tensor_headers
 
 MODEL_FILES = ("config.json", "generation_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -52,10 +53,9 @@ class Folder:
 def build_folder(run_dir: str | Path, out: str | Path, repo_id: str, options: FolderOptions) -> Folder:
     """Write the publishable folder for `run_dir` into `out` (new or empty): weights, config, tokenizer with its chat
     template, the run's records, evaluation results and the model card (README.md, with its PNG figures)."""
-    from adapt_eval.suite import model_fingerprint
     from adapt.hub.card import write_card
-
     from adapt.runfolder import incomplete_reason
+    from adapt_eval.suite import model_fingerprint
 
     run, out = Path(run_dir), Path(out)
     if not run.is_dir():
@@ -163,18 +163,6 @@ def _place_weights(run: Path, out: Path, max_shard_size: str) -> None:
     if not single.is_file():
         raise PublishError(f"{run}: no model.safetensors or {INDEX}; is this a run folder written by `adapt sft|dpo`?")
     _reshard(single, out, max_shard_size)
-
-
-def tensor_headers(path: Path) -> dict[str, dict]:
-    """A safetensors file's tensor entries (dtype, shape, data_offsets), read from its header without the data."""
-    with open(path, "rb") as f:
-        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-    header.pop("__metadata__", None)
-    return dict(sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]))
-
-
-def count_parameters(folder: Path) -> int:
-    return sum(math.prod(t["shape"]) for f in folder.glob("*.safetensors") for t in tensor_headers(f).values())
 
 
 def _reshard(single: Path, out: Path, max_shard_size: str) -> None:

@@ -10,7 +10,6 @@ the revision that was checked (`parent_commit`): if anything landed in between, 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -238,7 +237,7 @@ def push_from_recipe(run_dir: str | Path, hub) -> PushResult:
     return result
 
 
-def main(argv=None) -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adapt push", description="Publish a run folder to the Hugging Face Hub "
                                      "(weights, tokenizer, model card with recipe, data and evaluation) as one commit.")
     parser.add_argument("run_dir", help="a folder written by `adapt sft|dpo`")
@@ -251,9 +250,12 @@ def main(argv=None) -> None:
                         help="model | adapter | merged (LoRA merged into its base); auto: adapter for a LoRA run")
     parser.add_argument("--license", help="license id for the card, e.g. apache-2.0")
     parser.add_argument("--max-shard-size", default="5GB", help="split a single weights file above this (5GB)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = parser().parse_args(argv)
     options = FolderOptions(what=args.what, license=args.license, max_shard_size=args.max_shard_size)
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     try:
         if args.dry_run:
             folder = dry_run(args.run_dir, args.dry_run, args.repo_id, options)

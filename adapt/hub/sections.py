@@ -15,9 +15,10 @@ KEY_FIELDS = {
     "training": ("loss_reduction", "num_train_epochs", "max_steps", "learning_rate", "lr_scheduler_type",
                  "warmup_steps", "weight_decay", "optim", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
                  "per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "packing",
-                 "padding_free", "assistant_only_loss", "bf16", "gradient_checkpointing", "seed", "beta",
+                 "padding_free", "bf16", "gradient_checkpointing", "seed", "beta",
                  "loss_type"),
     "model": ("dtype", "chat_template", "add_bos"),
+    "data": ("assistant_only_loss", "strip", "train_assistant_newline"),
     "parallel": ("deepspeed", "expert_parallel_size"),
 }
 

@@ -24,10 +24,11 @@ The routing weight moves in front of the down projection: down(a * w) = w * down
 bias, and the weight then scales I values per row instead of H (1024 vs 2048 for OLMoE). Permute and un-permute are
 each other's adjoints, so one gather kernel serves both directions.
 
-Triton runs the two steps on CUDA tensors (and on the CPU under TRITON_INTERPRET=1, which is how the tests check
-the kernels); elsewhere the same autograd functions run the PyTorch reference below, so CPU training uses the same
-math. `ADAPT_FUSED_KERNELS=torch` runs the reference on a GPU too, to tell a kernel problem from anything else. Expert layouts this path does not cover (biases, post-expert norms, non-SiLU or custom gates, interleaved
-gate/up weights, expert-parallel sentinels) fall back to transformers' grouped_mm, with one warning.
+Triton runs the two steps on CUDA tensors (and on the CPU under TRITON_INTERPRET=1, which is how the tests check the
+kernels); elsewhere the same autograd functions run the PyTorch reference below, so CPU training uses the same math.
+`ADAPT_FUSED_KERNELS=torch` runs the reference on a GPU too, to tell a kernel problem from anything else. Expert
+layouts this path does not cover (biases, post-expert norms, non-SiLU or custom gates, interleaved gate/up weights,
+expert-parallel sentinels) fall back to transformers' grouped_mm, with one warning.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def swiglu_weighted_backward_reference(h_S2I, weight_S, grad_a_SI):
 
 def gather_rows_sum_reference(src_RH: torch.Tensor, index_TK: torch.Tensor) -> torch.Tensor:
     tokens, k = index_TK.shape
-    return src_RH[index_TK.reshape(-1)].view(tokens, k, -1).to(torch.promote_types(src_RH.dtype, torch.float32)).sum(1).to(src_RH.dtype)
+    summed_dtype = torch.promote_types(src_RH.dtype, torch.float32)
+    return src_RH[index_TK.reshape(-1)].view(tokens, k, -1).to(summed_dtype).sum(1).to(src_RH.dtype)
 
 
 def swiglu_weighted(h_S2I, weight_S):

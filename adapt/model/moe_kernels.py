@@ -24,29 +24,29 @@ BLOCK = 1024
 
 
 @triton.jit
-def _swiglu_weighted_fwd(h_ptr, w_ptr, a_ptr, I, stride_h, stride_a, BLOCK: tl.constexpr):
+def _swiglu_weighted_fwd(h_ptr, w_ptr, a_ptr, inner, stride_h, stride_a, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     w = tl.load(w_ptr + row).to(tl.float32)
-    for start in range(0, I, BLOCK):
+    for start in range(0, inner, BLOCK):
         cols = start + tl.arange(0, BLOCK)
-        mask = cols < I
+        mask = cols < inner
         g = tl.load(h_ptr + row * stride_h + cols, mask=mask, other=0.0).to(tl.float32)
-        u = tl.load(h_ptr + row * stride_h + I + cols, mask=mask, other=0.0).to(tl.float32)
+        u = tl.load(h_ptr + row * stride_h + inner + cols, mask=mask, other=0.0).to(tl.float32)
         a = g * tl.sigmoid(g) * u * w
         tl.store(a_ptr + row * stride_a + cols, a.to(a_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _swiglu_weighted_bwd(h_ptr, w_ptr, grad_a_ptr, grad_h_ptr, grad_w_ptr, I, stride_h, stride_ga, stride_gh,
+def _swiglu_weighted_bwd(h_ptr, w_ptr, grad_a_ptr, grad_h_ptr, grad_w_ptr, inner, stride_h, stride_ga, stride_gh,
                          BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     w = tl.load(w_ptr + row).to(tl.float32)
     grad_w = tl.zeros([BLOCK], dtype=tl.float32)
-    for start in range(0, I, BLOCK):
+    for start in range(0, inner, BLOCK):
         cols = start + tl.arange(0, BLOCK)
-        mask = cols < I
+        mask = cols < inner
         g = tl.load(h_ptr + row * stride_h + cols, mask=mask, other=0.0).to(tl.float32)
-        u = tl.load(h_ptr + row * stride_h + I + cols, mask=mask, other=0.0).to(tl.float32)
+        u = tl.load(h_ptr + row * stride_h + inner + cols, mask=mask, other=0.0).to(tl.float32)
         ga = tl.load(grad_a_ptr + row * stride_ga + cols, mask=mask, other=0.0).to(tl.float32)
         sig = tl.sigmoid(g)
         silu = g * sig
@@ -54,7 +54,7 @@ def _swiglu_weighted_bwd(h_ptr, w_ptr, grad_a_ptr, grad_h_ptr, grad_w_ptr, I, st
         grad_g = ga * w * u * sig * (1.0 + g * (1.0 - sig))
         grad_u = ga * w * silu
         tl.store(grad_h_ptr + row * stride_gh + cols, grad_g.to(grad_h_ptr.dtype.element_ty), mask=mask)
-        tl.store(grad_h_ptr + row * stride_gh + I + cols, grad_u.to(grad_h_ptr.dtype.element_ty), mask=mask)
+        tl.store(grad_h_ptr + row * stride_gh + inner + cols, grad_u.to(grad_h_ptr.dtype.element_ty), mask=mask)
     tl.store(grad_w_ptr + row, tl.sum(grad_w, axis=0))
 
 

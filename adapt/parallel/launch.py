@@ -1,7 +1,7 @@
 """Launch-time setup that must happen before the training config is built.
 
 Without a GPU, torch.distributed needs the gloo backend. Plain data parallelism gets it from
-`training.ddp_backend=gloo` with `training.use_cpu=true` (both are needed: see `launch_overrides`). Under
+`training.ddp_backend=gloo` with `training.use_cpu=true` (both are needed: see `launch_settings`). Under
 DeepSpeed, transformers ignores `ddp_backend` and accelerate would start the process group with no backend, so
 every rank believes it is rank 0 of 1; the fix is to build accelerate's process state with gloo first and tell
 the Trainer to reuse it. On GPUs nothing is needed.
@@ -31,8 +31,9 @@ ACCELERATE_DEEPSPEED_ENV = (
 )
 
 
-def launch_overrides(uses_deepspeed: bool, overrides: list[str]) -> list[str]:
-    """Recipe overrides (and process state) for this launch; the user's own `training.ddp_backend` wins."""
+def prepare_launch(uses_deepspeed: bool) -> None:
+    """Process state for this launch, set before the stage's config is built: the recipe, not an accelerate config,
+    decides DeepSpeed; under DeepSpeed on CPUs, accelerate's process state starts with gloo here (see above)."""
     if uses_deepspeed:
         for name in ACCELERATE_DEEPSPEED_ENV:
             os.environ.pop(name, None)
@@ -44,15 +45,21 @@ def launch_overrides(uses_deepspeed: bool, overrides: list[str]) -> list[str]:
         if int(os.environ.get("RANK", "0")) == 0:
             log.warning("the accelerate config asks for DeepSpeed but the recipe sets no parallel.deepspeed: running "
                         "plain data parallelism (set parallel.deepspeed, e.g. zero2, for ZeRO)")
+    if uses_deepspeed and distributed_cpu():
+        from accelerate import PartialState
+
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+        PartialState(backend="gloo")
+
+
+def launch_settings(uses_deepspeed: bool, training: dict) -> dict:
+    """The training fields this launch needs (none on GPUs or one process); the recipe's own `ddp_backend` wins.
+    Pure: `prepare_launch` makes the matching process state."""
     if not distributed_cpu():
-        return []
-    backend = [] if any(o.startswith("training.ddp_backend=") for o in overrides) else ["training.ddp_backend=gloo"]
+        return {}
+    settings = {} if training.get("ddp_backend") else {"ddp_backend": "gloo"}
     if not uses_deepspeed:
         # Without `use_cpu`, accelerate finds no GPU behind LOCAL_RANK and settles on DistributedType.NO: every rank
         # trains alone (no gradient all-reduce) while the Trainer still scales the loss for 2 processes.
-        return backend + ["training.use_cpu=true"]
-    from accelerate import PartialState
-
-    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
-    PartialState(backend="gloo")
-    return backend + ["training.accelerator_config={use_configured_state: true}"]
+        return {**settings, "use_cpu": True}
+    return {**settings, "accelerator_config": {"use_configured_state": True}}

@@ -48,10 +48,10 @@ def run(args) -> dict:
 
     from adapt.config import load_recipe
     from adapt.data.tokenizer import load_tokenizer
-    from adapt_eval.demo_report import write_report
-    from adapt.tasks import get_task
     from adapt.model.loading import load_model
     from adapt.stages import dpo, sft
+    from adapt.tasks import get_task
+    from adapt_eval.demo_report import write_report
 
     task = get_task("reverse")
     timings, stages = {}, {}

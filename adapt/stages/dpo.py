@@ -13,7 +13,8 @@ from transformers import set_seed
 from adapt.data.prepare import prepare_data
 from adapt.data.tokenizer import load_tokenizer
 from adapt.model.loading import load_model
-from adapt.stages.common import prepare_model, stage_main, train_and_save
+from adapt.stages.entry import stage_main
+from adapt.stages.train import prepare_model, train_and_save
 from adapt.trainers import AdaptDPOTrainer, MetricsJSONLCallback
 
 
@@ -23,7 +24,7 @@ def run(config):
     tokenizer = load_tokenizer(config.model)
     # The data before the model: a bad row or file stops the run in seconds, not after the weights load.
     with config.main_process_first(local=False, desc="data"):  # rank 0 builds (and caches) the mixture first
-        data = prepare_data(config, tokenizer)
+        data = prepare_data(config.stage, config.data, config.sequence_layout(), tokenizer)
     model = load_model(config.model, tokenizer, seed=config.seed)
     prepare_model(model, config)
     # The reference is passed explicitly: TRL 1.16 fails building one from a model object without a path.

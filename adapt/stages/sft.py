@@ -12,7 +12,8 @@ from transformers import set_seed
 from adapt.data.prepare import prepare_data
 from adapt.data.tokenizer import load_tokenizer
 from adapt.model.loading import load_model
-from adapt.stages.common import prepare_model, stage_main, train_and_save
+from adapt.stages.entry import stage_main
+from adapt.stages.train import prepare_model, train_and_save
 from adapt.trainers import AdaptSFTTrainer, MetricsJSONLCallback
 
 
@@ -22,11 +23,11 @@ def run(config):
     tokenizer = load_tokenizer(config.model)
     # The data before the model: a bad row or file stops the run in seconds, not after the weights load.
     with config.main_process_first(local=False, desc="data"):  # rank 0 builds (and caches) the mixture first
-        data = prepare_data(config, tokenizer)
+        data = prepare_data(config.stage, config.data, config.sequence_layout(), tokenizer)
     model = load_model(config.model, tokenizer, seed=config.seed)
     prepare_model(model, config)
-    # The rows are already tokenized, masked and packed exactly as SFTTrainer would (adapt/data/tokenize.py).
-    config.dataset_kwargs = {**(config.dataset_kwargs or {}), "skip_prepare_dataset": True}
+    # The rows come tokenized, masked and packed exactly as SFTTrainer would (adapt/data/tokenize.py); the config
+    # says `dataset_kwargs.skip_prepare_dataset` (set by the recipe loader), so TRL takes them as they are.
     trainer = AdaptSFTTrainer(model=model, args=config, train_dataset=data.train, eval_dataset=data.eval,
                               processing_class=tokenizer, callbacks=[MetricsJSONLCallback()])
     return train_and_save(trainer, config, tokenizer, started, data_summary=data.summary)

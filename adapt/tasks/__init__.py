@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from adapt.tasks.task import Task
 from adapt.tasks.reverse import ReverseTask
+from adapt.tasks.task import Task
 
 TASKS: dict[str, type[Task]] = {ReverseTask.name: ReverseTask}
 

@@ -11,18 +11,7 @@ from adapt.trainers.router import RouterLossMixin
 
 class AdaptSFTTrainer(FiniteLossMixin, ConvertingCheckpointMixin, RouterLossMixin, SFTTrainer):
     def __init__(self, *args, **kwargs):
-        # Rows tokenized by adapt.data.tokenize already carry the assistant-only mask in `labels`; SFTTrainer would
-        # reject them under `assistant_only_loss` because they are no longer conversational. The flag is restored
-        # after construction so the saved recipe still says what the labels were built with.
-        config, train = kwargs.get("args"), kwargs.get("train_dataset")
-        pretokenized = train is not None and "labels" in train.column_names and config.assistant_only_loss
-        if pretokenized:
-            config.assistant_only_loss = False
-        try:
-            super().__init__(*args, **kwargs)
-        finally:
-            if pretokenized:
-                config.assistant_only_loss = True
+        super().__init__(*args, **kwargs)
         if self.args.loss_reduction == "sum":
             # compute_loss (RouterLossMixin) returns each micro-batch's sum already divided for accumulation, with
             # the load-balancing term added there per micro-batch instead of by TRL.

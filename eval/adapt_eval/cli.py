@@ -1,4 +1,5 @@
-"""`adapt eval`, `adapt eval score` and `adapt report`."""
+"""`adapt eval`, `adapt eval score` and `adapt report`: each a parser (light: `--help` loads nothing) and a run
+function, named in the command table of adapt/cli.py."""
 
 from __future__ import annotations
 
@@ -8,11 +9,10 @@ import os
 import sys
 from pathlib import Path
 
-
 CODE_BENCHMARKS = ("humaneval", "mbpp")  # their model-written programs run in eval/adapt_eval/sandbox.py
 
 
-def _eval_parser() -> argparse.ArgumentParser:
+def eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="adapt eval", description="Score a model on a benchmark suite.",
                                 epilog="`adapt eval score --task T --predictions FILE` re-scores stored completions.")
     p.add_argument("--model", required=True, help="a model folder (e.g. runs/demo/sft) or a Hub id")
@@ -30,7 +30,8 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace results of a different model in --output")
     p.add_argument("--unsafe-sandbox", action="store_true",
                    help="run code tasks (HumanEval, MBPP) without bubblewrap, under the Python-level guard only: it "
-                        "does not stop reading files, C-level writes or escaping processes (eval/adapt_eval/sandbox.py)")
+                        "does not stop reading files, C-level writes or escaping processes "
+                        "(eval/adapt_eval/sandbox.py)")
     return p
 
 
@@ -56,9 +57,7 @@ def _check_output(out: Path, model: str, overwrite: bool) -> None:
 
 
 def run_eval(argv) -> None:
-    if argv and argv[0] == "score":
-        return run_score(argv[1:])
-    args = _eval_parser().parse_args(argv)
+    args = eval_parser().parse_args(argv)
     from adapt_eval.suite import evaluate, load_suite
 
     if args.unsafe_sandbox:
@@ -94,31 +93,60 @@ def run_eval(argv) -> None:
     print(f"results: {out / 'results.json'}  samples: {out / 'samples.jsonl'}")
 
 
-def run_score(argv) -> None:
-    p = argparse.ArgumentParser(prog="adapt eval score", description="Score stored completions without a model; "
-                                "prints the metrics as JSON.")
+def score_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="adapt eval score", description="Score stored completions without a model. "
+                                "stdout is exactly the metrics as JSON; progress and notes go to stderr.")
     p.add_argument("--task", required=True, help="a task of the suite, e.g. gsm8k")
     p.add_argument("--predictions", required=True, help="JSONL in the samples.jsonl format (eval/README.md)")
-    p.add_argument("--suite", default="olmoe-paper")
+    p.add_argument("--suite", default="olmoe-paper", help="a shipped suite name or a suite YAML (default olmoe-paper)")
     p.add_argument("--data-dir", help="local benchmark data; default: the Hub")
-    args = p.parse_args(argv)
-    from adapt_eval.suite import rescore
+    p.add_argument("--set", action="append", default=[], metavar="TASK.KEY=VALUE",
+                   help="change a suite setting, e.g. humaneval.num_samples=1 (one stored completion per problem) or "
+                        "alpaca_eval.judge='{endpoint: https://host/v1, model: m, api_key_env: OPENAI_API_KEY}'")
+    p.add_argument("--per-item", metavar="FILE", help="write each scored item's verdict and metrics here (JSONL)")
+    p.add_argument("--allow-prompt-mismatch", action="store_true",
+                   help="score rows whose stored `prompt` is not their item's (counted in the output as "
+                        "prompt_mismatches) instead of failing")
+    p.add_argument("--unsafe-sandbox", action="store_true",
+                   help="run code tasks (HumanEval, MBPP) without bubblewrap, under the Python-level guard only "
+                        "(see `adapt eval --help`)")
+    return p
 
+
+def run_score(argv) -> None:
+    args = score_parser().parse_args(argv)
+    from adapt_eval.rescore import score_file
+
+    if args.unsafe_sandbox:
+        from adapt_eval.sandbox import UNSAFE_ENV
+
+        os.environ[UNSAFE_ENV] = "1"
     try:
-        metrics = rescore(args.task, args.predictions, args.suite, args.data_dir)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+        result = score_file(args.task, args.predictions, args.suite, args.data_dir, settings=args.set,
+                            per_item=args.per_item, allow_prompt_mismatch=args.allow_prompt_mismatch)
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
         sys.exit(f"error: {e}")
-    print(json.dumps(metrics, indent=2, sort_keys=True))
+    if result.prompt_mismatches:
+        print(f"warning: {len(result.prompt_mismatches)} of {result.prompts_checked} stored prompts are not their "
+              f"items' (first on line {result.prompt_mismatches[0]}); scored anyway (--allow-prompt-mismatch)",
+              file=sys.stderr)
+    where = f"; per item: {args.per_item}" if args.per_item else ""
+    print(f"{args.task}: scored {len(result.items)} items from {args.predictions}{where}", file=sys.stderr)
+    print(json.dumps(result.metrics, indent=2, sort_keys=True))
 
 
-def run_report(argv) -> None:
+def report_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="adapt report", description="Compare evaluation results (e.g. base, SFT, DPO) "
                                 "beside the paper's rows: markdown, a self-contained HTML page and PNG charts.")
     p.add_argument("results", nargs="+", help="results.json files (or folders holding one), in order")
     p.add_argument("--names", help="comma-separated run names (default: the model folder names)")
     p.add_argument("--output", default="report", help="folder for report.md, report.html, report.json and PNGs")
     p.add_argument("--suite", default="olmoe-paper", help="the suite whose paper rows are shown")
-    args = p.parse_args(argv)
+    return p
+
+
+def run_report(argv) -> None:
+    args = report_parser().parse_args(argv)
     from adapt_eval.report import load_results, write_comparison
 
     try:
@@ -128,6 +156,3 @@ def run_report(argv) -> None:
         sys.exit(f"error: {e}")
     for path in paths:
         print(path)
-
-
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

@@ -1,5 +1,5 @@
-"""`adapt report`: compare suite runs (e.g. base -> SFT -> DPO) beside the paper's rows: markdown with deltas, a self-contained
-HTML page (charts embedded) and PNG charts. The publishing step embeds the markdown in model cards."""
+"""`adapt report`: compare suite runs (e.g. base -> SFT -> DPO) beside the paper's rows: markdown with deltas, a
+self-contained HTML page (charts embedded) and PNG charts. The publishing step embeds the markdown in model cards."""
 
 from __future__ import annotations
 
@@ -103,7 +103,8 @@ def render_charts(comp: dict[str, Any], folder: Path) -> list[Path]:
         errors = [row["cells"].get(t, {}).get("stderr") or 0.0 for t in tasks]
         xs = [x + (i - (len(series) - 1) / 2) * width for x in range(len(tasks))]
         ax.bar(xs, values, width, yerr=errors, label=row["name"], capsize=2,
-               hatch="//" if row["name"].startswith("paper") else None, alpha=0.6 if row["name"].startswith("paper") else 1)
+               hatch="//" if row["name"].startswith("paper") else None,
+               alpha=0.6 if row["name"].startswith("paper") else 1)
     ax.set_xticks(range(len(tasks)), [f"{t}\n{comp['metrics'][t]}" for t in tasks], fontsize=8)
     ax.set_ylabel("%")
     ax.set_ylim(0, 100)

@@ -94,6 +94,8 @@ class JournaledLM(_Forwarding):
 
 class ReplayLM(_Forwarding):
     """Answers with stored completions: {lm-eval task name: {doc_id: [completion, ...]}}, one per repeat, in order.
+    A request beyond the stored completions is an error, never a repeat of the last one (that would turn one
+    completion into pass@10 == pass@1); `adapt_eval.rescore` checks the counts before lm-eval runs.
 
     Multiple-choice (log-likelihood) requests are answered from the stored choice: the stored text scores 0, every
     other continuation -inf, so the stored answer is the model's pick.
@@ -106,12 +108,12 @@ class ReplayLM(_Forwarding):
 
     def _next(self, request) -> str:
         key = (request.task_name, request.doc_id)
-        stored = self.completions.get(request.task_name, {}).get(request.doc_id)
-        if not stored:
-            raise KeyError(f"no stored completion for {request.task_name} item {request.doc_id}")
-        answer = stored[min(self.used[key], len(stored) - 1)]
+        stored = self.completions.get(request.task_name, {}).get(request.doc_id) or []
+        if self.used[key] >= len(stored):
+            raise ValueError(f"{request.task_name} item {request.doc_id}: completion {self.used[key] + 1} asked for, "
+                             f"{len(stored)} stored")
         self.used[key] += 1
-        return answer
+        return stored[self.used[key] - 1]
 
     def generate_until(self, requests, disable_tqdm: bool = False):
         return [self._next(r) for r in requests]

@@ -119,10 +119,10 @@ def _execute(source: str, filename: str) -> tuple[str, str]:
         return "failed", f"exit({e.code!r}) called before the program finished"
     except MemoryError:
         return "error", "MemoryError (over the memory limit)"
-    except BaseException as e:  # noqa: BLE001 - any exception of the program is its failure
+    except BaseException as e:  # any exception of the program is its failure
         try:
             return "failed", f"{type(e).__name__}: {e}"[:300]
-        except BaseException:  # noqa: BLE001 - an exception whose str() raises
+        except BaseException:  # an exception whose str() raises
             return "failed", type(e).__name__
     return "passed", ""
 

@@ -1,6 +1,6 @@
 """Run a suite of benchmarks on a model and write `results.json` and `samples.jsonl` (formats: eval/README.md).
 
-    evaluate(model="runs/demo/sft", suite="olmoe-paper", data_dir="../shared/data", limit=5, output_dir=...)
+    evaluate(model="runs/demo/sft", suite="olmoe-paper", data_dir="data", limit=5, output_dir=...)
 
 Each suite task becomes lm-eval task configs (adapt_eval.benchmarks), runs through lm-eval against a journaled model
 (adapt_eval.runner), and is summarised into the suite's metrics. Finished tasks are kept under
@@ -9,9 +9,11 @@ Each suite task becomes lm-eval task configs (adapt_eval.benchmarks), runs throu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -35,8 +37,8 @@ class Suite:
 
 
 def load_suite(ref: str, settings: list[str] | tuple[str, ...] = ()) -> Suite:
-    """A suite by name (eval/adapt_eval/suites/<name>.yaml) or by path, with `TASK.KEY=VALUE` settings applied (the value is
-    YAML: `alpaca_eval.judge={endpoint: https://..., model: gpt-4o, api_key_env: OPENAI_API_KEY}`)."""
+    """A suite by name (eval/adapt_eval/suites/<name>.yaml) or by path, with `TASK.KEY=VALUE` settings applied (the
+    value is YAML: `alpaca_eval.judge={endpoint: https://..., model: gpt-4o, api_key_env: OPENAI_API_KEY}`)."""
     path = Path(ref)
     if not path.is_file():
         shipped = resources.files("adapt_eval") / "suites" / f"{ref}.yaml"
@@ -76,13 +78,34 @@ def summarize(suite: Suite, task: str, results: dict[str, dict]) -> dict[str, di
     return benchmarks.get(suite.tasks[task]["benchmark"]).summarize(results)
 
 
-def run_lmeval(lm, configs: list[dict], limit: int | None, samples: dict | None = None) -> dict[str, Any]:
+@contextlib.contextmanager
+def quiet_lmeval():
+    """lm-eval with stdout kept for our own output (`adapt eval score ... | jq`): its prints ("bootstrapping for
+    stddev") go to stderr, and the provenance it records but we discard (results.json records its own) is not
+    collected: `git describe` (which prints "fatal: not a git repository" outside a checkout) and torch's environment
+    report (~2 s). lm-eval has no option for either, so its two functions are swapped out while it runs."""
+    import lm_eval.evaluator as evaluator
+
+    saved = evaluator.get_git_commit_hash, evaluator.add_env_info
+    evaluator.get_git_commit_hash, evaluator.add_env_info = (lambda: None), (lambda storage: None)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        evaluator.get_git_commit_hash, evaluator.add_env_info = saved
+
+
+def run_lmeval(lm, tasks: list, limit: int | None, samples: dict | None = None) -> dict[str, Any]:
+    """lm-eval on our task configs (or task objects built from them). They are complete, so lm-eval's own index of
+    ~10k task files is not built (`include_defaults=False`)."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    return simple_evaluate(model=lm, tasks=configs, task_manager=TaskManager(), limit=None if samples else limit,
-                           samples=samples, apply_chat_template=True, fewshot_as_multiturn=True, log_samples=True,
-                           confirm_run_unsafe_code=True, bootstrap_iters=1000)
+    with quiet_lmeval():
+        return simple_evaluate(model=lm, tasks=tasks, task_manager=TaskManager(include_defaults=False),
+                               limit=None if samples else limit, samples=samples, apply_chat_template=True,
+                               fewshot_as_multiturn=True, log_samples=True, confirm_run_unsafe_code=True,
+                               bootstrap_iters=1000)
 
 
 def sample_rows(task: str, headline: str, lm_samples: dict[str, list[dict]]) -> list[dict[str, Any]]:
@@ -191,35 +214,3 @@ def write_results(out: Path, model: str, suite: Suite, tasks: list[str], limit: 
         for t in tasks:
             f.write((out / "tasks" / f"{t}.samples.jsonl").read_text(encoding="utf-8"))
     return results
-
-
-def rescore(task: str, predictions: str | Path, suite: str | Suite = "olmoe-paper",
-            data_dir: str | None = None) -> dict[str, dict]:
-    """Metrics of stored completions (the samples.jsonl format) for one suite task, without a model."""
-    from adapt_eval.runner import ReplayLM
-
-    suite = load_suite(suite) if isinstance(suite, str) else suite
-    if task not in suite.tasks:
-        raise ValueError(f"--task {task}: not in suite {suite.name} ({', '.join(suite.tasks)})")
-    completions: dict[str, dict[int, list[str]]] = {}
-    for n, line in enumerate(Path(predictions).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            if row.get("task", task) != task:
-                continue
-            subtask = row.get("subtask") or task
-            texts = row.get("completions") or [row["completion"]]
-            completions.setdefault(subtask, {})[int(row["item_id"])] = [str(t) for t in texts]
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{predictions}: line {n}: not a prediction row ({type(e).__name__}: {e}); each line "
-                             f"needs item_id and completion (see eval/README.md)") from None
-    if not completions:
-        raise ValueError(f"{predictions}: no rows for task {task}")
-    configs = [c for c in task_configs(suite, task, data_dir) if c["task"] in completions]
-    chosen = {c["task"]: sorted(completions[c["task"]]) for c in configs}
-    # lm-eval numbers the chosen items 0..k-1 in dataset order, so the replay is keyed by that position
-    replay = {t: {position: completions[t][item] for position, item in enumerate(items)} for t, items in chosen.items()}
-    result = run_lmeval(ReplayLM(replay), configs, None, samples=chosen)
-    return summarize(suite, task, result["results"])

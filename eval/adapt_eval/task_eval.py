@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from adapt_eval.generation import completion_logprobs, generate
 from adapt.tasks.task import Task
+from adapt_eval.generation import completion_logprobs, generate
 
 
 def evaluate_task(model, tokenizer, task: Task, n_items: int = 200, n_pairs: int = 200, seed: int = 0,

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from adapt.stages import dpo, sft
-from adapt.stages.common import load_stage_config
+from adapt.stages.entry import load_stage_config
 
 
 def full_state(trainer) -> dict[str, torch.Tensor]:

@@ -9,14 +9,19 @@ import torch
 assert os.environ.get("TRITON_INTERPRET") == "1", "set TRITON_INTERPRET=1 before starting this script"
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # tests/, for conftest and test_fused_experts
 
-import adapt.model  # noqa: E402,F401
-from adapt.model import fused_experts, moe_kernels  # noqa: E402
+import adapt.model  # noqa: E402,F401 (registers adapt_fused; after the sys.path line above)
+from adapt.model import moe_kernels  # noqa: E402
 from test_fused_experts import rel_err, step  # noqa: E402
 
 calls = {}
 for name in ("swiglu_weighted", "swiglu_weighted_backward", "gather_rows_sum"):
     original = getattr(moe_kernels, name)
-    setattr(moe_kernels, name, lambda *a, _f=original, _n=name, **k: calls.update({_n: calls.get(_n, 0) + 1}) or _f(*a, **k))
+
+    def counted(*a, _f=original, _n=name, **k):
+        calls[_n] = calls.get(_n, 0) + 1
+        return _f(*a, **k)
+
+    setattr(moe_kernels, name, counted)
 
 mask = torch.ones(2, 65, dtype=torch.long)
 mask[1, 50:] = 0

@@ -3,9 +3,10 @@
 Every benchmark module is a `Benchmark` (the Protocol below; a module satisfies it by its two functions, no base
 class): `task_configs(name, data, settings) -> list[dict]` gives lm-eval task config dicts (callables allowed) that
 `adapt_eval.suite` hands to `lm_eval.simple_evaluate`, and `summarize(results) -> dict` turns lm-eval's
-per-(sub)task results into the suite's metrics. `code.py` is not a benchmark: HumanEval and MBPP share it. `data` is a local file or folder (offline) or None (the
-Hub dataset the module names). lm-eval supplies few-shot construction, chat templating, batching, filters and
-standard errors; a module writes only what lm-eval lacks offline or gets wrong for chat models (said in each).
+per-(sub)task results into the suite's metrics. `code.py` is not a benchmark: HumanEval and MBPP share it. `data` is
+a local file or folder (offline) or None (the Hub dataset the module names). lm-eval supplies few-shot construction,
+chat templating, batching, filters and standard errors; a module writes only what lm-eval lacks offline or gets
+wrong for chat models (said in each).
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ win_rate = mean over judged items of 1 (model preferred), 0.5 (tie), 0 (referenc
 show %); stderr = sample standard deviation / sqrt(n), as alpaca_eval's `standard_error`. Without a judge the
 completions are still generated (kept in samples.jsonl, to be judged later with `adapt eval score`), and the win
 rate is reported as skipped with the reason, never as 0. `avg_length` (characters) is reported either way because
-the judge is known to favour long answers.
+the judge is known to favour long answers. Preferences decided elsewhere (by another judge, or people) are scored
+by `summarize_given_preferences` (`adapt eval score` with a `preference` on each row).
 
 Data: the local jsonl (instruction, output = the reference, generator, dataset) or the Hub file
 tatsu-lab/alpaca_eval `alpaca_eval.json` (the "alpaca_eval" config; not checked offline).
@@ -28,7 +29,8 @@ import ast
 import hashlib
 import math
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from adapt_eval.benchmarks import chat_generation_task, local_dataset, score
 
@@ -60,7 +62,7 @@ Now please rank the models by the quality of their answers, so that the model wi
     {'model': <model-name>, 'rank': <model-rank>}
 ]
 
-Your response must be a valid Python dictionary and should contain nothing else because we will directly execute it in Python. Please provide the ranking that the majority of humans would give.'''  # noqa: E501
+Your response must be a valid Python dictionary and should contain nothing else because we will directly execute it in Python. Please provide the ranking that the majority of humans would give.'''  # noqa: E501 (alpaca_eval's text, verbatim)
 
 
 def model_shown_first(item_id: str) -> bool:
@@ -122,6 +124,21 @@ def summarize_preferences(preferences: Iterable[float | None]) -> dict[str, Any]
             "n_ties": judged.count(0.5), "n_unparsed": len(preferences) - n, "n_judged": n}
 
 
+def summarize_given_preferences(preferences: list[float | None],
+                                completions: list[str] | None = None) -> dict[str, dict]:
+    """The metrics `summarize` gives, from preferences decided elsewhere (1 the model's answer wins, 0 the
+    reference's, 0.5 tie, None unreadable); `avg_length` only when the completions are given."""
+    got = summarize_preferences(preferences)
+    counts = {k: got[k] for k in ("n_judged", "n_wins", "n_losses", "n_ties")}
+    out: dict[str, dict] = {"win_rate": score(got["win_rate"], got["stderr"], **counts),
+                            "judge_unparsed": score(got["n_unparsed"] / len(preferences) if preferences else None)}
+    if got["win_rate"] is None:
+        out["win_rate"]["skipped"] = "no item has a readable preference"
+    if completions is not None:
+        out["avg_length"] = score(sum(len(c) for c in completions) / len(completions) if completions else None)
+    return out
+
+
 def win_rate(items: Iterable[dict[str, str]], judge) -> dict[str, Any]:
     """Win rate of stored completions: items with `instruction`, `output` (the model's) and `reference`."""
     preferences = [judge_pair(judge, it["instruction"], it["output"], it["reference"], it.get("id")) for it in items]
@@ -158,8 +175,15 @@ def task_configs(name: str, data: str | None, settings: dict[str, Any]) -> list[
     return [config]
 
 
+def no_judge_reason(task: str, completions_in: str = "samples.jsonl") -> str:
+    """Why the win rate is skipped without a judge, and how to score the completions later."""
+    return (f"no judge configured (suite setting `judge`); the completions are in {completions_in}: score them with "
+            f"`adapt eval score --task {task} --predictions {completions_in} --set {task}.judge={{...}}`, or give "
+            f"each row a `preference` decided elsewhere (eval/README.md)")
+
+
 def summarize(results: dict[str, dict]) -> dict[str, dict]:
-    (scores,) = results.values()
+    ((task, scores),) = results.items()
 
     def metric(key: str) -> dict[str, Any]:
         return score(scores[f"{key},none"], scores.get(f"{key}_stderr,none"))
@@ -168,8 +192,8 @@ def summarize(results: dict[str, dict]) -> dict[str, dict]:
     if "win_rate,none" in scores:
         out["win_rate"], out["judge_unparsed"] = metric("win_rate"), metric("judge_unparsed")
     else:
-        reason = ("no judge configured (suite setting `judge`); the completions are in samples.jsonl"
-                  if "judge_unparsed,none" not in scores else "the judge's reply could not be read on any item")
+        reason = (no_judge_reason(task) if "judge_unparsed,none" not in scores
+                  else "the judge's reply could not be read on any item")
         out["win_rate"] = {"value": None, "stderr": None, "skipped": reason}
     out["avg_length"] = metric("avg_length")
     return out

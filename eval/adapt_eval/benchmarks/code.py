@@ -12,7 +12,8 @@ import ast
 import functools
 import math
 import re
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from adapt_eval.benchmarks import lmeval_metrics
 from adapt_eval.sandbox import run_programs

@@ -21,8 +21,15 @@ import textwrap
 from typing import Any
 
 from adapt_eval.benchmarks import local_dataset
-from adapt_eval.benchmarks.code import (ANSWER_PREFIX, code_task, extract_code, parses, sampling_kwargs,
-                                        strip_scripts, summarize)
+from adapt_eval.benchmarks.code import (
+    ANSWER_PREFIX,
+    code_task,
+    extract_code,
+    parses,
+    sampling_kwargs,
+    strip_scripts,
+    summarize,
+)
 
 __all__ = ["build_program", "task_configs", "summarize"]
 

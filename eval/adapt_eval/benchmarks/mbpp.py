@@ -17,8 +17,7 @@ import re
 from typing import Any
 
 from adapt_eval.benchmarks import local_dataset
-from adapt_eval.benchmarks.code import (ANSWER_PREFIX, code_task, extract_code, sampling_kwargs, strip_scripts,
-                                        summarize)
+from adapt_eval.benchmarks.code import ANSWER_PREFIX, code_task, extract_code, sampling_kwargs, strip_scripts, summarize
 
 __all__ = ["entry_point", "doc_to_text", "build_program", "task_configs", "summarize"]
 

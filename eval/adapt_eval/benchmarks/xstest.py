@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from adapt_eval.benchmarks import chat_generation_task, lmeval_metrics, local_dataset
 

@@ -1,0 +1,70 @@
+"""A stage's command line: `adapt sft|dpo ...` and `accelerate launch -m adapt.stages.sft|dpo ...` both end here.
+
+The recipe is read once, the launch's process state is set (adapt/parallel/launch.py), the config is built and
+validated, the stage runs, and the process group is closed cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def stage_parser(stage: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"adapt {stage}", description=f"Run the {stage.upper()} stage of a recipe.",
+        epilog="Overrides: `section.key=value`, e.g. training.learning_rate=1e-4 router.z_loss_weight=0")
+    parser.add_argument("--config", required=True, help="recipe YAML (recipes/...)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder at output_dir")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides on top of the file")
+    return parser
+
+
+def sft_parser() -> argparse.ArgumentParser:
+    return stage_parser("sft")
+
+
+def dpo_parser() -> argparse.ArgumentParser:
+    return stage_parser("dpo")
+
+
+def load_stage_config(stage: str, argv=None):
+    """Parse the command line and build the stage's config; exits with one line on a bad recipe."""
+    from adapt.config import RecipeError
+    from adapt.config.recipe import build_config, read_recipe
+    from adapt.parallel.launch import prepare_launch
+
+    args = stage_parser(stage).parse_args(argv)
+    overrides = list(args.overrides) + (["overwrite=true"] if args.overwrite else [])
+    try:
+        raw = read_recipe(args.config, overrides)
+        parallel = raw.get("parallel") if isinstance(raw.get("parallel"), dict) else {}
+        prepare_launch(uses_deepspeed=bool(parallel.get("deepspeed")))  # before TRL's config reads the process state
+        return build_config(raw, args.config, stage=stage)
+    except RecipeError as e:
+        sys.exit(f"error: {e}")
+
+
+def stage_main(stage: str, run, argv=None) -> None:
+    """A stage module's `main`: the recipe from the command line, the run, one line on a data error, a clean end."""
+    from adapt.data.sources import DataError
+
+    config = load_stage_config(stage, argv)
+    try:
+        run(config)
+    except DataError as e:
+        sys.exit(f"error: {e}")
+    end_processes()
+
+
+def end_processes() -> None:
+    """Wait for every rank, then close the process group. Left to interpreter shutdown, gloo's threads could abort a
+    rank that finished later (`terminate called without an active exception`, exit -6) after a complete save."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        from accelerate import PartialState
+
+        state = PartialState()
+        state.wait_for_everyone()
+        state.destroy_process_group()

@@ -1,0 +1,66 @@
+"""What every training stage does around its trainer once it is built: the parallel layout checked against the
+model, the run folder claimed, training (resumed when asked), the save, and the push."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+
+from safetensors import SafetensorError
+
+from adapt.runfolder import RunFolderError, claim, resume_checkpoint
+from adapt.stages.save import save_run
+from adapt.trainers.guards import NonFiniteLossError
+
+# A full disk, a quota, a read-only or unwritable folder: said in one line instead of a traceback.
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
+
+
+def prepare_model(model, config) -> None:
+    """Before the trainer wraps the model: check the parallel layout against it, set up expert parallelism."""
+    from adapt.parallel import check_layout
+
+    ep = config.parallel.expert_parallel_size
+    problem = check_layout(getattr(model.config.get_text_config(), "num_experts", None), ep,
+                           int(os.environ.get("WORLD_SIZE", ep)))
+    if problem:
+        sys.exit(f"error: {config.recipe_path}: parallel.expert_parallel_size: {problem}")
+    if ep > 1:
+        from adapt.parallel.autoep import keep_router_logits, register_olmoe_preset
+
+        register_olmoe_preset()
+        keep_router_logits(model)
+
+
+def train_and_save(trainer, config, tokenizer, started: float, data_summary: dict | None = None):
+    """The part every stage shares once its trainer is built: claim the run folder, train, save, push."""
+    is_main = trainer.accelerator.is_main_process
+    if config.hub.push and is_main:  # a bad repo id or a missing token must not wait for the end of training
+        from adapt.hub.push import check_recipe_push
+
+        check_recipe_push(config.hub)
+    try:
+        lock = claim(config, is_main)
+    except RunFolderError as e:
+        sys.exit(f"error: {e}")
+    trainer.accelerator.wait_for_everyone()
+    try:
+        trainer.train(resume_from_checkpoint=resume_checkpoint(config))
+        out = save_run(trainer, config, tokenizer, started, data_summary)
+    except (NonFiniteLossError, RunFolderError) as e:
+        sys.exit(f"error: {e}")
+    except (OSError, SafetensorError) as e:
+        if isinstance(e, OSError) and e.errno not in DISK_ERRORS:
+            raise
+        sys.exit(f"error: {config.output_dir}: writing the run failed ({getattr(e, 'strerror', None) or e}); the "
+                 f"folder is not marked complete. Fix: free space there or choose another training.output_dir, then "
+                 f"run again (resume from the last checkpoint with training.resume_from_checkpoint=latest)")
+    finally:
+        if lock is not None:
+            lock.release()
+    if config.hub.push and is_main:
+        from adapt.hub.push import push_from_recipe
+
+        push_from_recipe(out, config.hub)
+    return trainer
