@@ -3,15 +3,15 @@ token and no padding."""
 
 import pytest
 import torch
-from datasets import Dataset
 
 from adapt.config import load_recipe
-from adapt.tasks import get_task
+from adapt.data.prepare import prepare_data
 from adapt.trainers import AdaptSFTTrainer
 from conftest import TINY_SFT, tiny_olmoe, write_recipe
 
 
-def trainer_for(tmp_path, tokenizer, rows, packing: bool, name: str):
+def trainer_for(tmp_path, tokenizer, packing: bool, name: str):
+    """The recipe's 8 `reverse` rows, prepared by the toolkit's data path (packed or not), in an SFT trainer."""
     recipe = write_recipe(tmp_path / f"{name}.yaml",
                           TINY_SFT.format(rows=8, lb=0.01, z=0.1, out=tmp_path / name, steps=1))
     overrides = ["training.max_length=512", "training.per_device_train_batch_size=8"]
@@ -20,13 +20,13 @@ def trainer_for(tmp_path, tokenizer, rows, packing: bool, name: str):
     config = load_recipe(recipe, overrides)
     model = tiny_olmoe(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                        eos_token_id=tokenizer.eos_token_id, num_hidden_layers=2)
-    return AdaptSFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    rows = prepare_data(config.stage, config.data, config.sequence_layout(), tokenizer, use_cache=False).train
+    return AdaptSFTTrainer(model=model, args=config, train_dataset=rows, processing_class=tokenizer)
 
 
 def test_packed_loss_equals_padded_loss(tmp_path, demo_tokenizer):
-    rows = get_task("reverse").sft_rows("train", 8)
-    padded = trainer_for(tmp_path, demo_tokenizer, rows, packing=False, name="padded")
-    packed = trainer_for(tmp_path, demo_tokenizer, rows, packing=True, name="packed")
+    padded = trainer_for(tmp_path, demo_tokenizer, packing=False, name="padded")
+    packed = trainer_for(tmp_path, demo_tokenizer, packing=True, name="packed")
     results = {}
     for name, trainer in (("padded", padded), ("packed", packed)):
         batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
