@@ -12,26 +12,31 @@ from pathlib import Path
 CODE_BENCHMARKS = ("humaneval", "mbpp")  # their model-written programs run in eval/adapt_eval/sandbox.py
 
 
-def eval_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="adapt eval", description="Score a model on a benchmark suite.",
-                                epilog="`adapt eval score --task T --predictions FILE` re-scores stored completions.")
-    p.add_argument("--model", required=True, help="a model folder (e.g. runs/demo/sft) or a Hub id")
+def _suite_options(p: argparse.ArgumentParser, set_example: str) -> None:
+    """What `adapt eval` and `adapt eval score` share: the suite, its local data, its settings, the code sandbox."""
     p.add_argument("--suite", default="olmoe-paper", help="a shipped suite name or a suite YAML (default olmoe-paper)")
-    p.add_argument("--tasks", help="comma-separated subset of the suite's tasks")
-    p.add_argument("--limit", type=int, help="at most N items per benchmark (per subject/subtask for MMLU, BBH)")
     p.add_argument("--data-dir", help="local benchmark data (the public releases' layout); default: the Hub")
-    p.add_argument("--output", help="results folder (default: <model>/eval/<suite>); an interrupted run resumes")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    p.add_argument("--max-length", type=int, help="context length for prompts (default: the model's)")
     p.add_argument("--set", action="append", default=[], metavar="TASK.KEY=VALUE",
-                   help="change a suite setting, e.g. alpaca_eval.judge='{endpoint: https://host/v1, model: m, "
-                        "api_key_env: OPENAI_API_KEY}' or gsm8k.num_fewshot=5 (repeatable)")
-    p.add_argument("--overwrite", action="store_true", help="replace results of a different model in --output")
+                   help=f"change a suite setting (repeatable), e.g. {set_example} or alpaca_eval.judge='{{endpoint: "
+                        f"https://host/v1, model: m, api_key_env: OPENAI_API_KEY}}'")
     p.add_argument("--unsafe-sandbox", action="store_true",
                    help="run code tasks (HumanEval, MBPP) without bubblewrap, under the Python-level guard only: it "
                         "does not stop reading files, C-level writes or escaping processes "
                         "(eval/adapt_eval/sandbox.py)")
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="adapt eval", description="Score a model on a benchmark suite.",
+                                epilog="`adapt eval score --task T --predictions FILE` re-scores stored completions.")
+    p.add_argument("--model", required=True, help="a model folder (e.g. runs/demo/sft) or a Hub id")
+    _suite_options(p, "gsm8k.num_fewshot=5")
+    p.add_argument("--tasks", help="comma-separated subset of the suite's tasks")
+    p.add_argument("--limit", type=int, help="at most N items per benchmark (per subject/subtask for MMLU, BBH)")
+    p.add_argument("--output", help="results folder (default: <model>/eval/<suite>); an interrupted run resumes")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--max-length", type=int, help="context length for prompts (default: the model's)")
+    p.add_argument("--overwrite", action="store_true", help="replace results of a different model in --output")
     return p
 
 
@@ -98,18 +103,11 @@ def score_parser() -> argparse.ArgumentParser:
                                 "stdout is exactly the metrics as JSON; progress and notes go to stderr.")
     p.add_argument("--task", required=True, help="a task of the suite, e.g. gsm8k")
     p.add_argument("--predictions", required=True, help="JSONL in the samples.jsonl format (eval/README.md)")
-    p.add_argument("--suite", default="olmoe-paper", help="a shipped suite name or a suite YAML (default olmoe-paper)")
-    p.add_argument("--data-dir", help="local benchmark data; default: the Hub")
-    p.add_argument("--set", action="append", default=[], metavar="TASK.KEY=VALUE",
-                   help="change a suite setting, e.g. humaneval.num_samples=1 (one stored completion per problem) or "
-                        "alpaca_eval.judge='{endpoint: https://host/v1, model: m, api_key_env: OPENAI_API_KEY}'")
+    _suite_options(p, "humaneval.num_samples=1 (one stored completion per problem)")
     p.add_argument("--per-item", metavar="FILE", help="write each scored item's verdict and metrics here (JSONL)")
     p.add_argument("--allow-prompt-mismatch", action="store_true",
                    help="score rows whose stored `prompt` is not their item's (counted in the output as "
                         "prompt_mismatches) instead of failing")
-    p.add_argument("--unsafe-sandbox", action="store_true",
-                   help="run code tasks (HumanEval, MBPP) without bubblewrap, under the Python-level guard only "
-                        "(see `adapt eval --help`)")
     return p
 
 
