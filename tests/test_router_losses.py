@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from adapt.losses import load_balancing_loss, router_stats, router_z_loss
+from adapt.losses.router import RouterCapture
 from conftest import tiny_olmoe
 
 
@@ -38,11 +39,25 @@ def test_load_balancing_loss_matches_hand_computation():
 
 def test_router_stats_hand_computed():
     logits = torch.tensor([[math.log(3), 0.0, -1e9], [math.log(3), 0.0, -1e9], [0.0, math.log(3), -1e9]])
-    stats = router_stats([logits], top_k=1).summary()
+    stats = router_stats(RouterCapture([5], [logits], None, None), top_k=1).summary()
+    assert stats["layers"] == [5]
     assert stats["expert_share"][0] == pytest.approx([2 / 3, 1 / 3, 0.0])
     assert stats["load_ratio"][0] == pytest.approx(2.0)  # max 2 tokens / max(min 0 tokens, 1)
     h = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
     assert stats["entropy"][0] == pytest.approx(h, rel=1e-5)
+
+
+def test_router_stats_count_the_routers_own_choice_and_sigmoid_entropy():
+    # the router chose expert 2 for every token although softmax would pick 0 (a score bias, as DeepSeek-V3 has):
+    # the count follows the choice; the entropy is that of the normalised sigmoid scores
+    logits = torch.tensor([[2.0, 0.0, -2.0], [2.0, 0.0, -2.0]])
+    chosen = torch.tensor([[2], [2]])
+    stats = router_stats(RouterCapture([1], [logits], [chosen], torch.tensor([[1, 0]])), top_k=1,
+                         scoring="sigmoid").summary()
+    assert stats["expert_share"][0] == [0.0, 0.0, 1.0]
+    s = torch.sigmoid(logits[0])
+    p = s / s.sum()
+    assert stats["entropy"][0] == pytest.approx(float(-(p * p.log()).sum()), rel=1e-6)
 
 
 def test_gradients_reach_the_router_weights():

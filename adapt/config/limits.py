@@ -85,15 +85,20 @@ def _check_evaluation(data, training: dict[str, Any], file: str | None) -> None:
 
 
 def _check_model_config(model, file: str | None) -> None:
-    """`model.config` keys must be fields of the family's config class (a typo would silently keep the default)."""
+    """`model.config` builds a supported family, and its keys are fields of that family's config class (a typo would
+    silently keep the default)."""
     if not model.config:
         return
     import transformers  # its config classes, imported only when a recipe builds a model from `config`
 
-    from adapt.config.sections import ARCHITECTURES
+    from adapt.config.families import FAMILIES, unsupported
 
-    config_cls = getattr(transformers, ARCHITECTURES[model.architecture][0])
-    known = set(config_cls().to_dict())
+    f = FAMILIES.get(model.architecture)
+    if f is None:
+        raise RecipeError(file, "model.architecture", unsupported(model.architecture),
+                          suggest(str(model.architecture), FAMILIES))
+    config_cls = getattr(transformers, f.config_class)
+    known = set(config_cls().to_dict()) | set(getattr(config_cls, "attribute_map", {}))
     for key, value in model.config.items():
         if not isinstance(key, str) or key not in known:
             raise RecipeError(file, f"model.config.{key}", f"not a field of {config_cls.__name__}",
@@ -101,10 +106,12 @@ def _check_model_config(model, file: str | None) -> None:
         if key.startswith("num_") and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise RecipeError(file, f"model.config.{key}", f"must be a positive integer, got {value!r}",
                               "give a count >= 1")
-    top_k, experts = model.config.get("num_experts_per_tok"), model.config.get("num_experts")
-    defaults = config_cls()
-    top_k = defaults.num_experts_per_tok if top_k is None else top_k
-    experts = defaults.num_experts if experts is None else experts
+    try:
+        built = config_cls(**model.config)
+    except (ValueError, TypeError, AttributeError) as e:
+        raise RecipeError(file, "model.config", f"{config_cls.__name__} refuses it: {str(e).splitlines()[0]}",
+                          "fix the field it names") from None
+    top_k, experts = getattr(built, f.top_k_attr), getattr(built, f.experts_attr)
     if top_k > experts:
-        raise RecipeError(file, "model.config.num_experts_per_tok", f"routes each token to {top_k} experts of "
-                          f"{experts}", "choose num_experts_per_tok <= num_experts")
+        raise RecipeError(file, f"model.config.{f.top_k_attr}", f"routes each token to {top_k} experts of "
+                          f"{experts}", f"choose {f.top_k_attr} <= {f.experts_attr}")

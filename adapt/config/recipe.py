@@ -111,6 +111,7 @@ def build_config(raw: dict[str, Any], file: str | None = None, *, check_paths: b
     training = _training(raw.get("training") or {}, TRL_CONFIGS[recipe_stage], STAGE_CONFIGS[recipe_stage], file)
     check_ranges(recipe_stage, sections, training, file)
     _check_contradictions(recipe_stage, sections, training, file)
+    _check_family(sections, file)
     _check_loss_reduction(recipe_stage, training, file)
     if check_paths:
         _check_paths(sections, file)
@@ -134,7 +135,9 @@ def _finished(stage: str, sections: dict[str, Any], training: dict[str, Any], ra
         # are built by adapt/data/tokenize.py, so TRL's own preparation (and its assistant_only_loss) stays off.
         data.assistant_only_loss = True if data.assistant_only_loss is None else data.assistant_only_loss
         training["dataset_kwargs"] = {"skip_prepare_dataset": True}
-    training["router_aux_loss_coef"] = sections["router"].load_balancing_weight
+    # The toolkit adds the load-balancing term itself, for every family (adapt/trainers/router.py); TRL's own path
+    # (which reads `config.num_experts`, absent in several families) stays off.
+    training["router_aux_loss_coef"] = 0.0
     training["deepspeed"] = _deepspeed_config(sections["parallel"], file)
     training.update(launch_settings(bool(sections["parallel"].deepspeed), training))  # distributed CPU: gloo
     return dict(training, stage=stage, overwrite=raw.get("overwrite", False), recipe_path=file, **sections)
@@ -274,9 +277,11 @@ def _check_contradictions(stage: str, s: dict[str, Any], training: dict[str, Any
         raise RecipeError(file, "training.fp16", "bf16 and fp16 are both on", "keep one")
     if parallel.expert_parallel_size < 1:
         raise RecipeError(file, "parallel.expert_parallel_size", "must be >= 1", "use 1 for no expert parallelism")
+    from adapt.config.families import family
     from adapt.parallel import check_layout
 
-    problem = check_layout((model.config or {}).get("num_experts"), parallel.expert_parallel_size,
+    experts_attr = getattr(family(model.architecture), "experts_attr", "num_experts")
+    problem = check_layout((model.config or {}).get(experts_attr), parallel.expert_parallel_size,
                            int(os.environ.get("WORLD_SIZE", parallel.expert_parallel_size)))
     if problem:
         why, fix = problem.split("; ")
@@ -290,6 +295,38 @@ def _check_contradictions(stage: str, s: dict[str, Any], training: dict[str, Any
                           "also set `parallel.deepspeed` (e.g. zero2)")
     if hub.push and not hub.repo_id:
         raise RecipeError(file, "hub.repo_id", "`hub.push` is on but no repository is named", "set `ORG/NAME`")
+
+
+def known_model_type(model) -> str | None:
+    """The family a recipe trains, when it is known without downloading or loading anything: `model.architecture`
+    for a model built from `config`, else the `model_type` of a local folder's config.json or of a Hub model's
+    config.json already in the local cache. None otherwise (the stage checks again once it has the config)."""
+    if model.config is not None:
+        return model.architecture
+    path = Path(os.path.expanduser(model.name_or_path or ""))
+    config_json = path / "config.json" if path.is_dir() else None
+    if config_json is None and model.name_or_path and not _looks_local(model.name_or_path):
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model.name_or_path, "config.json", revision=model.revision)
+        config_json = Path(cached) if isinstance(cached, str) else None
+    if config_json is None or not config_json.is_file():
+        return None
+    try:
+        return json.loads(config_json.read_text(encoding="utf-8")).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None
+
+
+def _check_family(s: dict[str, Any], file: str | None) -> None:
+    """The model's family is supported, and supports what the recipe asks of it (adapt/config/families.py)."""
+    from adapt.config.families import check_combination
+
+    model_type = known_model_type(s["model"])
+    if model_type is not None:
+        problem = check_combination(model_type, s["model"], s["router"], s["parallel"])
+        if problem:
+            raise RecipeError(file, *problem)
 
 
 def _check_loss_reduction(stage: str, training: dict[str, Any], file: str | None) -> None:

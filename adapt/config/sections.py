@@ -15,8 +15,6 @@ SFT_FORMATS = ("messages", "conversations", "query_answer", "query_response", "a
 PREFERENCE_FORMATS = ("prompt_chosen_rejected", "hh_rlhf")  # both: adapt/data/formats.py
 BUILTIN_TOKENIZERS = ("demo",)  # adapt/data/tokenizer.py
 DECONTAMINATION_BENCHMARKS = ("gsm8k", "mmlu", "bbh", "humaneval", "mbpp", "ifeval", "alpaca_eval", "xstest")
-# model.architecture -> transformers' config and model class names (adapt/model/loading.py)
-ARCHITECTURES = {"olmoe": ("OlmoeConfig", "OlmoeForCausalLM")}
 
 
 @dataclass
@@ -27,8 +25,9 @@ class ModelSection:
     name_or_path: str | None = None
     # Instead of loading weights: build a randomly initialised model from these config fields (tiny demo/test models).
     config: dict[str, Any] | None = None
-    # The architecture `config` builds; only OLMoE-style MoE models are wired up so far.
-    architecture: Literal["olmoe"] = "olmoe"
+    # The family `config` builds: a transformers `model_type` of adapt/config/families.py (olmoe, qwen3_moe,
+    # qwen2_moe, mixtral, deepseek_v3, glm4_moe, gpt_oss, granitemoe).
+    architecture: str = "olmoe"
     revision: str | None = None
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     # Hub id, folder or tokenizer.json file of the tokenizer; defaults to `name_or_path`. `builtin:<name>` builds one

@@ -75,7 +75,7 @@ def write_card(run: Path, out: Path, *, repo_id: str, what: str, fingerprint: st
     data = ModelCardData(
         base_model=base, datasets=hub_datasets([run] + chain) or None, license=license,
         library_name="peft" if what == "adapter" else "transformers", pipeline_tag="text-generation",
-        tags=[t for t in ("adapt", config.get("model_type"), "moe" if config.get("num_experts") else None, stage,
+        tags=[t for t in ("adapt", config.get("model_type"), "moe" if moe_facts(config) else None, stage,
                           "trl", "lora" if what != "model" else None) if t],
         model_name=name if eval_results else None, eval_results=eval_results or None,
         adapt={"fingerprint": fingerprint, "stage": stage, "run": run.name, "what": what})
@@ -119,6 +119,19 @@ def _origin(run: Path, chain: list[Path], base: str | None) -> tuple[str, list[P
     return "a model that is not recorded or not available here", chain
 
 
+def moe_facts(config: dict) -> tuple[int, int] | None:
+    """(routed experts, experts per token) of a saved config.json, read where its family keeps them."""
+    from adapt.config.families import family
+
+    f = family(config.get("model_type"))
+    if f is None:
+        return None
+    from transformers import AutoConfig  # resolves the family's aliases (num_experts <-> num_local_experts, ...)
+
+    loaded = AutoConfig.for_model(**config)
+    return getattr(loaded, f.experts_attr), getattr(loaded, f.top_k_attr)
+
+
 def overview(run, name, repo_id, stage, what, base, chain, config, out) -> str:
     from adapt.hub.weights import count_parameters
 
@@ -126,11 +139,11 @@ def overview(run, name, repo_id, stage, what, base, chain, config, out) -> str:
     steps = " → ".join([origin] + [f"`{p.name}`" for p in shown] + [f"**{stage or 'this run'}**"])
     lines = [f"# {name}", "", f"{(stage or 'fine-tuned').upper()} model trained from {origin}.", "",
              f"Lineage: {steps}.", ""]
-    if config.get("num_experts"):
+    experts = moe_facts(config)
+    if experts:
         lines.append(f"Architecture: `{config.get('model_type')}` mixture of experts, "
-                     f"{config.get('num_hidden_layers')} layers, {config['num_experts']} experts with "
-                     f"{config.get('num_experts_per_tok')} active per token, hidden size {config.get('hidden_size')}, "
-                     f"{count_parameters(out):,} parameters.")
+                     f"{config.get('num_hidden_layers')} layers, {experts[0]} experts with {experts[1]} active per "
+                     f"token, hidden size {config.get('hidden_size')}, {count_parameters(out):,} parameters.")
     if what == "adapter":
         lines.append(f"This repository holds a LoRA adapter (r={config.get('r')}, alpha={config.get('lora_alpha')}) "
                      f"for `{config.get('base_model_name_or_path')}`; `peft` loads it on its base.")

@@ -48,19 +48,33 @@ def load_balancing_loss(router_logits: Sequence[torch.Tensor], num_experts: int,
 
 
 @dataclass
+class RouterCapture:
+    """One forward's routing, per MoE layer in order: the model's layer number, the router logits [T, E] and the
+    experts it chose [T, K] (None where only the logits were recorded: under AutoEP, OLMoE only, whose choice is the
+    softmax top-k). `token_mask_T` marks real tokens (None: all are)."""
+
+    layer_ids: list[int]
+    logits: list[torch.Tensor]
+    indices: list[torch.Tensor] | None
+    token_mask_T: torch.Tensor | None
+
+
+@dataclass
 class RouterStats:
     """Routing counts accumulated over micro-batches until the next logging step."""
 
-    tokens_per_expert_LE: torch.Tensor  # top-k assignments per layer and expert (real tokens only)
-    entropy_sum_L: torch.Tensor  # sum over real tokens of the router's softmax entropy, per layer
+    layer_ids: list[int]  # the model's layer number of each row (dense layers have no router and no row)
+    tokens_per_expert_LE: torch.Tensor  # top-k assignments per MoE layer and expert (real tokens only)
+    entropy_sum_L: torch.Tensor  # sum over real tokens of the entropy of the router's score distribution, per layer
     num_tokens: float
 
     def __add__(self, other: RouterStats) -> RouterStats:
-        return RouterStats(self.tokens_per_expert_LE + other.tokens_per_expert_LE,
+        return RouterStats(self.layer_ids, self.tokens_per_expert_LE + other.tokens_per_expert_LE,
                            self.entropy_sum_L + other.entropy_sum_L, self.num_tokens + other.num_tokens)
 
-    def summary(self) -> dict[str, list[float] | list[list[float]]]:
-        """Per layer: share of routed tokens per expert, max/min expert load ratio, mean router entropy (nats).
+    def summary(self) -> dict[str, list]:
+        """Per MoE layer: its layer number, share of routed tokens per expert, max/min expert load ratio, mean
+        router entropy (nats).
 
         The ratio divides by max(min load, 1 token) so that an expert that got no tokens gives a large finite
         number instead of infinity (JSON and TensorBoard both choke on inf).
@@ -69,25 +83,34 @@ class RouterStats:
         share_LE = counts_LE / counts_LE.sum(dim=-1, keepdim=True).clamp(min=1)
         ratio_L = counts_LE.max(dim=-1).values / counts_LE.min(dim=-1).values.clamp(min=1)
         entropy_L = self.entropy_sum_L.double() / max(self.num_tokens, 1)
-        return {"expert_share": share_LE.tolist(), "load_ratio": ratio_L.tolist(), "entropy": entropy_L.tolist()}
+        return {"layers": list(self.layer_ids), "expert_share": share_LE.tolist(), "load_ratio": ratio_L.tolist(),
+                "entropy": entropy_L.tolist()}
+
+
+def score_distribution(router_logits_TE: torch.Tensor, scoring: str) -> torch.Tensor:
+    """The router's scores over all experts as a distribution: softmax, or sigmoid scores normalised to sum 1."""
+    if scoring == "sigmoid":
+        scores_TE = torch.sigmoid(router_logits_TE.float())
+        return scores_TE / scores_TE.sum(dim=-1, keepdim=True)
+    return torch.softmax(router_logits_TE.float(), dim=-1)
 
 
 @torch.no_grad()
-def router_stats(router_logits: Sequence[torch.Tensor], top_k: int,
-                 token_mask_T: torch.Tensor | None = None) -> RouterStats:
-    """Count one forward's routing decisions (softmax then top-k, as OLMoE routes) and router entropy."""
+def router_stats(capture: RouterCapture, top_k: int, scoring: str = "softmax") -> RouterStats:
+    """Count the experts each router chose (its own indices; the softmax top-k where only logits were recorded) and
+    the entropy of its score distribution, over real tokens."""
     counts, entropies = [], []
-    num_tokens = None
-    for router_logits_TE in router_logits:
-        probs_TE = torch.softmax(router_logits_TE.float(), dim=-1)
-        mask_T = _flat_mask(token_mask_T, probs_TE.device)
+    num_tokens = 0.0
+    for i, router_logits_TE in enumerate(capture.logits):
+        probs_TE = score_distribution(router_logits_TE, scoring)
+        mask_T = _flat_mask(capture.token_mask_T, probs_TE.device)
         if mask_T is None:
             mask_T = torch.ones(probs_TE.shape[0], device=probs_TE.device)
-        top_k_index_TK = probs_TE.topk(top_k, dim=-1).indices
+        index_TK = capture.indices[i] if capture.indices is not None else probs_TE.topk(top_k, dim=-1).indices
         tokens_per_expert_E = torch.zeros(probs_TE.shape[-1], device=probs_TE.device).scatter_add_(
-            0, top_k_index_TK.reshape(-1), mask_T.repeat_interleave(top_k))
+            0, index_TK.reshape(-1).to(probs_TE.device), mask_T.repeat_interleave(index_TK.shape[-1]))
         entropy_T = -(probs_TE * probs_TE.clamp(min=1e-30).log()).sum(dim=-1)
         counts.append(tokens_per_expert_E)
         entropies.append((entropy_T * mask_T).sum())
         num_tokens = float(mask_T.sum())
-    return RouterStats(torch.stack(counts).cpu(), torch.stack(entropies).cpu(), num_tokens or 0.0)
+    return RouterStats(list(capture.layer_ids), torch.stack(counts).cpu(), torch.stack(entropies).cpu(), num_tokens)

@@ -6,7 +6,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from adapt.config.sections import ARCHITECTURES
+from adapt.config.families import FAMILIES
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -23,7 +23,8 @@ def _impl_kwargs(section) -> dict:
 def build_model(section, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
     """A fresh model from `section.config`, sized to the tokenizer. The same seed always gives the same weights, so
     the demo's `base` scores describe exactly the model SFT starts from."""
-    config_cls, model_cls = (getattr(transformers, name) for name in ARCHITECTURES[section.architecture])
+    f = FAMILIES[section.architecture]
+    config_cls, model_cls = getattr(transformers, f.config_class), getattr(transformers, f.model_class)
     fields = dict(section.config)
     fields.setdefault("vocab_size", len(tokenizer))
     for name in ("pad_token_id", "eos_token_id", "bos_token_id"):

@@ -13,7 +13,7 @@ from adapt.data.prepare import prepare_data
 from adapt.data.tokenizer import load_tokenizer
 from adapt.model.loading import load_model
 from adapt.stages.entry import stage_main
-from adapt.stages.train import prepare_model, train_and_save
+from adapt.stages.train import check_family, prepare_model, train_and_save
 from adapt.trainers import AdaptSFTTrainer, MetricsJSONLCallback
 
 
@@ -24,6 +24,7 @@ def run(config):
     # The data before the model: a bad row or file stops the run in seconds, not after the weights load.
     with config.main_process_first(local=False, desc="data"):  # rank 0 builds (and caches) the mixture first
         data = prepare_data(config.stage, config.data, config.sequence_layout(), tokenizer)
+    check_family(config)  # before the weights load
     model = load_model(config.model, tokenizer, seed=config.seed)
     prepare_model(model, config)
     # The rows come tokenized, masked and packed exactly as SFTTrainer would (adapt/data/tokenize.py); the config

@@ -17,12 +17,35 @@ from adapt.trainers.guards import NonFiniteLossError
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
 
 
+def check_family(config) -> None:
+    """Before any weights load: the model's family is supported and supports what the recipe asks. The recipe check
+    already did this when the family was known offline; a Hub model's config.json is fetched here (a few KB)."""
+    from adapt.config.families import check_combination
+    from adapt.config.recipe import known_model_type
+
+    model_type = known_model_type(config.model)
+    if model_type is None:
+        from transformers import AutoConfig
+
+        section = config.model
+        loaded = AutoConfig.from_pretrained(section.name_or_path, revision=section.revision,
+                                            trust_remote_code=section.trust_remote_code)
+        model_type = loaded.get_text_config().model_type
+    problem = check_combination(model_type, config.model, config.router, config.parallel)
+    if problem:
+        key, why, fix = problem
+        sys.exit(f"error: {config.recipe_path}: {key}: {why}. Fix: {fix}")
+
+
 def prepare_model(model, config) -> None:
     """Before the trainer wraps the model: check the parallel layout against it, set up expert parallelism."""
+    from adapt.config.families import family
     from adapt.parallel import check_layout
 
     ep = config.parallel.expert_parallel_size
-    problem = check_layout(getattr(model.config.get_text_config(), "num_experts", None), ep,
+    text_config = model.config.get_text_config()
+    experts_attr = getattr(family(text_config.model_type), "experts_attr", "num_experts")
+    problem = check_layout(getattr(text_config, experts_attr, None), ep,
                            int(os.environ.get("WORLD_SIZE", ep)))
     if problem:
         sys.exit(f"error: {config.recipe_path}: parallel.expert_parallel_size: {problem}")

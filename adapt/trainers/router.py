@@ -1,35 +1,41 @@
-"""Keep an MoE's router losses active inside TRL's trainers.
+"""Keep an MoE's router losses active inside TRL's trainers, for every supported family.
 
-Design note. TRL already weights and logs the load-balancing loss (`router_aux_loss_coef`, logged as `aux_loss`), so
-the toolkit leaves that path alone. What TRL lacks is the router z-loss and routing statistics, and both need the
-per-layer router logits of the *policy* forward. TRL's fused LM-head forward drops `router_logits` from its output,
-so the mixin records them with a forward hook on the backbone (`model.base_model`, e.g. `OlmoeModel`), whose output
-still carries them together with the `attention_mask` that marks padding:
+Design note. The mixin records each forward's routing with hooks: one on every router module (the class the model
+records `router_logits` from; its forward returns the logits and the experts it chose), and one around the backbone
+(`model.base_model`, e.g. `OlmoeModel`) for the `attention_mask` that marks padding and for the end of the forward.
+From that record it adds the weighted router losses and counts the routing statistics:
 
-    compute_loss ─┬─ super().compute_loss(...)      # TRL: main loss (+ load balancing under `mean`)
-                  │     └─ backbone forward ──hook──> captured (router_logits per layer, attention_mask)
-                  └─ + z_loss_weight * router_z_loss(captured)  (+ the load-balancing term under `sum`)
+    compute_loss ─┬─ super().compute_loss(...)      # TRL: the main loss only (its own aux-loss path is off)
+                  │     └─ backbone forward ──hooks──> captured (per MoE layer: its number, logits, chosen experts)
+                  └─ + load_balancing_weight * lb_loss + z_loss_weight * z_loss   (families where both are defined)
 
-`training.loss_reduction: sum` (SFT only) turns TRL's token mean into open-instruct's reduction: TRL is asked for
-the plain token sum (`num_items_in_batch=1`), both router terms are added to it per micro-batch, and the total is
-divided by the accumulation steps here (`loss_is_scaled_for_ga`), so the gradient DDP/ZeRO average over ranks is
-sum over the global batch / (accumulation x processes), the one `--reduce_loss sum` gives under DeepSpeed.
-tests/test_loss_reduction.py checks it against a hand-written reference under 2 processes.
+The load-balancing term is the model's own formula (transformers' `load_balancing_loss_func`, which each softmax
+family copies), computed here for every family rather than by TRL, whose helper reads `config.num_experts` and
+fails on families that name it otherwise. Under `loss_reduction: mean` the terms are scaled as TRL scales its own aux
+loss (divided by the accumulation steps when TRL leaves accumulation to the loss); under `sum` (SFT only) they are
+added undivided to the micro-batch's summed loss, and the total is divided by the accumulation steps here
+(`loss_is_scaled_for_ga`), so the gradient DDP/ZeRO average over ranks is sum over the global batch /
+(accumulation x processes), the one open-instruct's `--reduce_loss sum` gives under DeepSpeed.
+tests/test_loss_reduction.py checks both against a hand-written reference under 2 processes.
 
-Only the first forward with router logits inside one `compute_loss` is kept: that is the policy forward in both
-SFT and DPO. A separate DPO reference model has no hook, and a PEFT reference (adapters disabled) runs after the
-policy under `no_grad`.
+Only the first forward inside one `compute_loss` is kept: that is the policy forward in both SFT and DPO. A
+separate DPO reference model has no hooks, and a PEFT reference (adapters disabled) runs after the policy. Under
+expert parallelism AutoEP replaces the router modules (OLMoE only, adapt/parallel/autoep.py), so the logits come
+from the backbone's recorded `router_logits` instead and the choice is their softmax top-k, which is OLMoE's rule.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections import defaultdict
+from functools import partial
 
 import torch
 
-from adapt.losses.router import RouterStats, load_balancing_loss, router_stats, router_z_loss
+from adapt.config.families import family
+from adapt.losses.router import RouterCapture, RouterStats, load_balancing_loss, router_stats, router_z_loss
 
 
 def find_backbone(model: torch.nn.Module) -> torch.nn.Module:
@@ -41,6 +47,21 @@ def find_backbone(model: torch.nn.Module) -> torch.nn.Module:
     raise ValueError(f"{type(model).__name__} has no HF backbone (`base_model`) to record router logits from")
 
 
+def router_modules(backbone: torch.nn.Module) -> list[tuple[int, torch.nn.Module]]:
+    """(layer number, router module) for each MoE layer: the modules of the class the model records
+    `router_logits` from (transformers' `_can_record_outputs`), numbered by the `layers.N.` in their name."""
+    recorders = getattr(backbone, "_can_record_outputs", None) or {}
+    recorders = recorders.get("router_logits") or []
+    recorders = recorders if isinstance(recorders, (list, tuple)) else [recorders]
+    classes = tuple(r.target_class for r in recorders if getattr(r, "target_class", None) is not None)
+    found = []
+    for name, module in backbone.named_modules():
+        if classes and isinstance(module, classes):
+            layer = re.search(r"layers\.(\d+)\.", name + ".")
+            found.append((int(layer.group(1)) if layer else len(found), module))
+    return found
+
+
 class RouterLossMixin:
     """Mix in before a TRL trainer: `class AdaptSFTTrainer(RouterLossMixin, SFTTrainer)`."""
 
@@ -48,20 +69,43 @@ class RouterLossMixin:
         super().__init__(*args, **kwargs)
         self.router = self.args.router
         text_config = self.model.config.get_text_config()
-        self._is_moe = hasattr(text_config, "output_router_logits") and hasattr(text_config, "num_experts_per_tok")
-        self._top_k = getattr(text_config, "num_experts_per_tok", None)
-        self._num_experts = getattr(text_config, "num_experts", None)
-        self._captured = None
+        self.family = family(getattr(text_config, "model_type", None))
+        self._is_moe = self.family is not None
+        self._captured: RouterCapture | None = None
+        self._collecting: dict | None = None
+        self._capture_on = False
         self._stats: RouterStats | None = None
         self._router_metrics = defaultdict(list)
         if self._is_moe:
-            find_backbone(self.model).register_forward_hook(self._capture_router_logits, with_kwargs=True)
+            self._top_k = getattr(text_config, self.family.top_k_attr)
+            self._num_experts = getattr(text_config, self.family.experts_attr)
+            backbone = find_backbone(self.model)
+            backbone.register_forward_pre_hook(self._start_capture, with_kwargs=True)
+            backbone.register_forward_hook(self._end_capture, with_kwargs=True)
+            for layer_id, module in router_modules(backbone):
+                module.register_forward_hook(partial(self._record_router, layer_id))
 
     # ------------------------------------------------------------------------------------------------- recording
-    def _capture_router_logits(self, module, args, kwargs, output):
-        router_logits = getattr(output, "router_logits", None)
-        if self._captured is None and router_logits:
-            self._captured = (tuple(router_logits), kwargs.get("attention_mask"))
+    def _start_capture(self, module, args, kwargs):
+        if self._capture_on and self._captured is None and self._collecting is None:
+            self._collecting = {"mask": kwargs.get("attention_mask"), "layers": [], "logits": [], "indices": []}
+
+    def _record_router(self, layer_id, module, args, output):
+        if self._collecting is not None:  # (router_logits [T, E], top-k weights, top-k indices [T, K])
+            self._collecting["layers"].append(layer_id)
+            self._collecting["logits"].append(output[0])
+            self._collecting["indices"].append(output[2])
+
+    def _end_capture(self, module, args, kwargs, output):
+        collected, self._collecting = self._collecting, None
+        if collected is None:
+            return
+        mask = collected["mask"] if collected["mask"] is not None and collected["mask"].dim() == 2 else None
+        if collected["logits"]:
+            self._captured = RouterCapture(collected["layers"], collected["logits"], collected["indices"], mask)
+        elif getattr(output, "router_logits", None):  # AutoEP replaced the routers (module note)
+            logits = list(output.router_logits)
+            self._captured = RouterCapture(list(range(len(logits))), logits, None, mask)
 
     def _router_loss_divisor(self, num_items_in_batch) -> int:
         """How the trainer scales a per-micro-batch mean for gradient accumulation (TRL's SFT scales it itself)."""
@@ -74,50 +118,49 @@ class RouterLossMixin:
             # TRL divides its token sum by `num_items_in_batch`; 1 keeps the sum (and under `sum` the recipe turns
             # `average_tokens_across_devices` off, so TRL does not multiply it by the process count either).
             num_items_in_batch = 1
-        if self._is_moe:
-            inputs["output_router_logits"] = True  # also when the weights are 0: the losses are still logged
-            self._captured = None
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                      num_items_in_batch=num_items_in_batch)
+        if self._is_moe and self.args.parallel.expert_parallel_size > 1:
+            inputs["output_router_logits"] = True  # the backbone records the logits AutoEP's routers give
+        self._captured, self._capture_on = None, self._is_moe
+        try:
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                          num_items_in_batch=num_items_in_batch)
+        finally:
+            self._capture_on, self._collecting = False, None
         loss = result[0] if return_outputs else result
         captured, self._captured = self._captured, None
         if captured is not None:
-            loss = loss + self._router_terms(*captured, summed=summed, num_items_in_batch=num_items_in_batch)
+            loss = loss + self._router_terms(captured, summed=summed, num_items_in_batch=num_items_in_batch)
         if summed and model.training:
             # open-instruct under DeepSpeed: each micro-batch's total divided by the accumulation steps (DDP and ZeRO
             # then average over ranks), so the step's gradient is sum over the global batch / (accum x processes).
             loss = loss / self.current_gradient_accumulation_steps
         return (loss, result[1]) if return_outputs else loss
 
-    def _router_terms(self, router_logits, attention_mask, *, summed: bool, num_items_in_batch) -> torch.Tensor:
-        """The weighted router losses of one micro-batch, to add to its main loss.
-
-        `mean`: TRL has already added the load-balancing term; the z-loss is added the same way (divided by the
-        accumulation steps when TRL leaves accumulation to the loss). `sum`: both terms are added here, undivided,
-        to the micro-batch's summed loss, as open-instruct's load-balancing ablation added its aux loss.
-        """
-        token_mask_T = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
-        z_loss = router_z_loss(router_logits, token_mask_T)
-        lb_loss = None
-        if summed or not self.aux_loss_enabled:
-            lb_loss = load_balancing_loss(router_logits, self._num_experts, self._top_k, token_mask_T)
-        if summed:
+    def _router_terms(self, captured: RouterCapture, *, summed: bool, num_items_in_batch) -> torch.Tensor:
+        """The weighted router losses of one micro-batch, to add to its main loss (module note for the scaling).
+        Families without router losses (sigmoid routers: the recipe check refuses non-zero weights) add nothing and
+        log only the routing statistics."""
+        z_loss = lb_loss = None
+        terms = torch.zeros((), device=captured.logits[0].device)
+        if self.family.router_losses:
+            z_loss = router_z_loss(captured.logits, captured.token_mask_T)
+            lb_loss = load_balancing_loss(captured.logits, self._num_experts, self._top_k, captured.token_mask_T)
             terms = self.router.load_balancing_weight * lb_loss + self.router.z_loss_weight * z_loss
-        else:
-            terms = self.router.z_loss_weight * z_loss / self._router_loss_divisor(num_items_in_batch)
-        self._record_router_metrics(router_logits, token_mask_T, z_loss, lb_loss)
+            if not summed:
+                terms = terms / self._router_loss_divisor(num_items_in_batch)
+        self._record_router_metrics(captured, z_loss, lb_loss)
         return terms
 
     @torch.no_grad()
-    def _record_router_metrics(self, router_logits, token_mask_T, z_loss, lb_loss) -> None:
+    def _record_router_metrics(self, captured: RouterCapture, z_loss, lb_loss) -> None:
         # Kept as device tensors and reduced only when logged: an `.item()` or a gather here would stall the GPU on
         # every micro-step.
         mode = "train" if self.model.training else "eval"
-        self._router_metrics[mode + ":z_loss"].append(z_loss.detach().float())
-        if lb_loss is not None:  # TRL logs `aux_loss` only when it adds it itself; keep the curve in every setting
+        if z_loss is not None:
+            self._router_metrics[mode + ":z_loss"].append(z_loss.detach().float())
             self._router_metrics[mode + ":aux_loss"].append(lb_loss.detach().float())
         if self.router.log_stats and mode == "train":
-            stats = router_stats(router_logits, self._top_k, token_mask_T)
+            stats = router_stats(captured, self._top_k, self.family.scoring)
             self._stats = stats if self._stats is None else self._stats + stats
 
     # ------------------------------------------------------------------------------------------------------- logs
@@ -135,7 +178,8 @@ class RouterLossMixin:
         stats, self._stats = self._stats, None
         if self.accelerator.num_processes > 1:
             device = self.accelerator.device
-            stats = RouterStats(self.accelerator.reduce(stats.tokens_per_expert_LE.to(device), "sum").cpu(),
+            stats = RouterStats(stats.layer_ids,
+                                self.accelerator.reduce(stats.tokens_per_expert_LE.to(device), "sum").cpu(),
                                 self.accelerator.reduce(stats.entropy_sum_L.to(device), "sum").cpu(),
                                 self.accelerator.reduce(torch.tensor(stats.num_tokens, device=device), "sum").item())
         summary = stats.summary()
@@ -144,9 +188,9 @@ class RouterLossMixin:
             with open(os.path.join(self.args.output_dir, "router_stats.jsonl"), "a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": self.state.global_step, **summary}) + "\n")
         logs = {}
-        for i, (ratio, entropy) in enumerate(zip(summary["load_ratio"], summary["entropy"])):
-            logs[f"router/layer_{i}/load_ratio"] = ratio
-            logs[f"router/layer_{i}/entropy"] = entropy
+        for layer, ratio, entropy in zip(summary["layers"], summary["load_ratio"], summary["entropy"]):
+            logs[f"router/layer_{layer}/load_ratio"] = ratio
+            logs[f"router/layer_{layer}/entropy"] = entropy
         logs["router/load_ratio_max"] = max(summary["load_ratio"])
         logs["router/entropy_mean"] = sum(summary["entropy"]) / len(summary["entropy"])
         return logs

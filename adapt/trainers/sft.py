@@ -13,10 +13,8 @@ class AdaptSFTTrainer(FiniteLossMixin, ConvertingCheckpointMixin, RouterLossMixi
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.args.loss_reduction == "sum":
-            # compute_loss (RouterLossMixin) returns each micro-batch's sum already divided for accumulation, with
-            # the load-balancing term added there per micro-batch instead of by TRL.
+            # compute_loss (RouterLossMixin) returns each micro-batch's sum already divided for accumulation.
             self.loss_is_scaled_for_ga = True
-            self.aux_loss_enabled = False
 
     def _router_loss_divisor(self, num_items_in_batch) -> int:
         # Mirrors SFTTrainer.compute_loss: with `num_items_in_batch` the trainer leaves gradient accumulation to the

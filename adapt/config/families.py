@@ -1,0 +1,110 @@
+"""The MoE families the toolkit supports, as data: everything that differs between them, in one table.
+
+Every module that needs to know a family reads `FAMILIES[model_type]`: the recipe check (what a family may be
+combined with, refused with the reason otherwise), model loading (`model.config` builds any family), the router
+losses and statistics (how the router scores), the model card. Nothing else branches on `model_type`.
+
+What all of them share in transformers 5.23 (checked per family in tests/test_families.py): the router is one module
+per MoE layer whose forward returns `(router_logits [T, E], top-k weights [T, K], top-k indices [T, K])`, the class
+the model records `router_logits` from (`_can_record_outputs`). The toolkit hooks that module, so statistics count
+the experts the router really chose, with the model's own layer numbers (dense layers included in the numbering).
+
+Scoring kinds:
+- `softmax`: the router's scores are softmax(logits) and the top-k is taken on them (or on the logits, the same
+  order), as Switch/Mixtral/OLMoE route. The load-balancing loss is transformers' `load_balancing_loss_func` (the
+  model's own formula: each of these families' copy of Mixtral's) and the router z-loss (ST-MoE) is defined.
+- `sigmoid`: DeepSeek-V3-style scores sigmoid(logits) with a score-correction bias added for the choice only, and
+  group-limited selection. Such a model is balanced by updating that bias between steps (auxiliary-loss-free
+  balancing), not by a loss; transformers defines no auxiliary loss for it, and a softmax z-loss has no meaning for
+  sigmoid scores. The toolkit keeps the published bias fixed, as DeepSeek-V3's own schedule ends pretraining (bias
+  update speed 0), and refuses non-zero router-loss weights for these families.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Family:
+    model_type: str  # transformers' `model_type`, also `model.architecture` in a recipe
+    config_class: str  # transformers class names
+    model_class: str
+    experts_attr: str  # the config attribute holding the number of routed experts
+    top_k_attr: str  # ... and the experts chosen per token
+    scoring: str  # "softmax" or "sigmoid" (module note)
+    shared_experts: bool  # an always-on expert beside the routed ones (saved and reloaded like every tensor)
+    # Expert parallelism (AutoEP) is exact only where a preset reproduces the routing and the export restores every
+    # tensor: None where verified, else what goes wrong (the recipe check refuses it with this reason).
+    expert_parallel: str | None = "no AutoEP preset for it"
+    # Whether the toolkit's `adapt_fused` experts were checked against transformers' experts for this family.
+    fused: bool = False
+
+    @property
+    def router_losses(self) -> bool:
+        """Load-balancing and z-loss are defined (module note)."""
+        return self.scoring == "softmax"
+
+
+FAMILIES = {f.model_type: f for f in (
+    Family("olmoe", "OlmoeConfig", "OlmoeForCausalLM", "num_experts", "num_experts_per_tok", "softmax", False,
+           expert_parallel=None, fused=True),
+    Family("qwen3_moe", "Qwen3MoeConfig", "Qwen3MoeForCausalLM", "num_experts", "num_experts_per_tok", "softmax",
+           False, expert_parallel="DeepSpeed's qwen3_moe preset fails on transformers 5.23"),
+    Family("qwen2_moe", "Qwen2MoeConfig", "Qwen2MoeForCausalLM", "num_experts", "num_experts_per_tok", "softmax",
+           True, expert_parallel="AutoEP drops the shared expert, from the forward and from the saved folder"),
+    Family("mixtral", "MixtralConfig", "MixtralForCausalLM", "num_local_experts", "num_experts_per_tok", "softmax",
+           False, expert_parallel="DeepSpeed's mixtral preset fails on transformers 5.23"),
+    Family("deepseek_v3", "DeepseekV3Config", "DeepseekV3ForCausalLM", "n_routed_experts", "num_experts_per_tok",
+           "sigmoid", True, expert_parallel="AutoEP drops the shared experts and the score bias"),
+    Family("glm4_moe", "Glm4MoeConfig", "Glm4MoeForCausalLM", "n_routed_experts", "num_experts_per_tok", "sigmoid",
+           True, expert_parallel="AutoEP drops the shared experts and the score bias"),
+    Family("gpt_oss", "GptOssConfig", "GptOssForCausalLM", "num_local_experts", "num_experts_per_tok", "softmax",
+           False, expert_parallel="AutoEP has no layout for its biased, interleaved experts"),
+    Family("granitemoe", "GraniteMoeConfig", "GraniteMoeForCausalLM", "num_local_experts", "num_experts_per_tok",
+           "softmax", False),
+)}
+
+
+def family(model_type: str | None) -> Family | None:
+    return FAMILIES.get(model_type or "")
+
+
+def unsupported(model_type: str | None) -> str:
+    """The one-line reason a model type is refused."""
+    return (f"model_type {model_type!r} is not a supported MoE family; supported: {', '.join(FAMILIES)} "
+            f"(adapt/config/families.py)")
+
+
+def check_combination(model_type: str | None, model, router, parallel) -> tuple[str, str, str] | None:
+    """(recipe key, why, fix) for the first thing this recipe asks that the model's family cannot do exactly (the
+    sections are the recipe's `model`, `router` and `parallel`); None when all is well."""
+    f = family(model_type)
+    if f is None:
+        return ("model", unsupported(model_type), "choose a model of a supported family")
+    problems = combination_problems(f, load_balancing_weight=router.load_balancing_weight,
+                                    z_loss_weight=router.z_loss_weight,
+                                    expert_parallel_size=parallel.expert_parallel_size,
+                                    experts_implementation=model.experts_implementation)
+    return problems[0] if problems else None
+
+
+def combination_problems(f: Family, *, load_balancing_weight: float, z_loss_weight: float,
+                         expert_parallel_size: int, experts_implementation: str | None) -> list[tuple[str, str, str]]:
+    """(recipe key, why, fix) for each setting this family cannot run exactly; empty when all is well."""
+    problems = []
+    if not f.router_losses:
+        for key, weight, name in (("load_balancing_weight", load_balancing_weight, "load-balancing loss"),
+                                  ("z_loss_weight", z_loss_weight, "router z-loss")):
+            if weight:
+                problems.append((f"router.{key}", f"{f.model_type} routes by sigmoid scores balanced by a score bias; "
+                                 f"no {name} is defined for it (adapt/config/families.py)", f"set router.{key}: 0"))
+    if expert_parallel_size > 1 and f.expert_parallel:
+        verified = ", ".join(m for m, g in FAMILIES.items() if g.expert_parallel is None)
+        problems.append(("parallel.expert_parallel_size", f"expert parallelism is verified only for {verified}; "
+                         f"for {f.model_type}: {f.expert_parallel}",
+                         "use parallel.expert_parallel_size: 1 (ZeRO shards the experts instead)"))
+    if experts_implementation == "adapt_fused" and not f.fused:
+        problems.append(("model.experts_implementation", f"adapt_fused is not verified for {f.model_type}",
+                         "use grouped_mm (transformers' default)"))
+    return problems
