@@ -108,8 +108,8 @@ def _check_model_config(model, file: str | None) -> None:
                               "give a count >= 1")
     try:
         built = config_cls(**model.config)
-    except (ValueError, TypeError, AttributeError) as e:
-        raise RecipeError(file, "model.config", f"{config_cls.__name__} refuses it: {str(e).splitlines()[0]}",
+    except Exception as e:  # config classes raise their own types (huggingface_hub's strict-dataclass errors too)
+        raise RecipeError(file, "model.config", f"{config_cls.__name__} refuses it: {' '.join(str(e).split())}",
                           "fix the field it names") from None
     top_k, experts = getattr(built, f.top_k_attr), getattr(built, f.experts_attr)
     if top_k > experts:

@@ -27,6 +27,10 @@ def check(argv) -> None:
                              check_paths=not args.skip_path_checks)
     except RecipeError as e:
         sys.exit(f"error: {e}")
+    if not args.skip_path_checks:  # a Hub model's family, from its config.json (a few KB), before anything runs
+        from adapt.stages.train import check_family
+
+        check_family(config, required=False)
     print(f"ok: {args.config} is a valid {config.stage} recipe (output_dir={config.output_dir})")
 
 

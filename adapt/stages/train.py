@@ -17,9 +17,11 @@ from adapt.trainers.guards import NonFiniteLossError
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
 
 
-def check_family(config) -> None:
+def check_family(config, *, required: bool = True) -> None:
     """Before any weights load: the model's family is supported and supports what the recipe asks. The recipe check
-    already did this when the family was known offline; a Hub model's config.json is fetched here (a few KB)."""
+    already did this when the family was known offline; a Hub model's config.json is fetched here (a few KB).
+    Exits with one line on a problem; when the config cannot be read and `required` is off (`adapt check`
+    offline), says so on stderr and leaves the check to the stage."""
     from adapt.config.families import check_combination
     from adapt.config.recipe import known_model_type
 
@@ -28,8 +30,16 @@ def check_family(config) -> None:
         from transformers import AutoConfig
 
         section = config.model
-        loaded = AutoConfig.from_pretrained(section.name_or_path, revision=section.revision,
-                                            trust_remote_code=section.trust_remote_code)
+        try:
+            loaded = AutoConfig.from_pretrained(section.name_or_path, revision=section.revision,
+                                                trust_remote_code=section.trust_remote_code)
+        except OSError as e:
+            if not required:
+                print(f"note: {section.name_or_path}'s family is not checked (its config.json is not available: "
+                      f"{str(e).splitlines()[0]}); the stage checks it before loading weights", file=sys.stderr)
+                return
+            sys.exit(f"error: {config.recipe_path}: model.name_or_path: cannot read {section.name_or_path}'s "
+                     f"config.json ({str(e).splitlines()[0]}). Fix: check the name, your network or HF_HUB_OFFLINE")
         model_type = loaded.get_text_config().model_type
     problem = check_combination(model_type, config.model, config.router, config.parallel)
     if problem:
