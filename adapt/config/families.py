@@ -37,7 +37,8 @@ class Family:
     # Expert parallelism (AutoEP) is exact only where a preset reproduces the routing and the export restores every
     # tensor: None where verified, else what goes wrong (the recipe check refuses it with this reason).
     expert_parallel: str | None = "no AutoEP preset for it"
-    # Whether the toolkit's `adapt_fused` experts were checked against transformers' experts for this family.
+    # Whether the toolkit's `adapt_fused` experts equal transformers' grouped_mm for this family (loss and every
+    # gradient, tests/test_families.py); gpt_oss's biased, interleaved experts are a layout it does not cover.
     fused: bool = False
 
     @property
@@ -50,19 +51,20 @@ FAMILIES = {f.model_type: f for f in (
     Family("olmoe", "OlmoeConfig", "OlmoeForCausalLM", "num_experts", "num_experts_per_tok", "softmax", False,
            expert_parallel=None, fused=True),
     Family("qwen3_moe", "Qwen3MoeConfig", "Qwen3MoeForCausalLM", "num_experts", "num_experts_per_tok", "softmax",
-           False, expert_parallel="DeepSpeed's qwen3_moe preset fails on transformers 5.23"),
+           False, expert_parallel="DeepSpeed's qwen3_moe preset fails on transformers 5.23", fused=True),
     Family("qwen2_moe", "Qwen2MoeConfig", "Qwen2MoeForCausalLM", "num_experts", "num_experts_per_tok", "softmax",
-           True, expert_parallel="AutoEP drops the shared expert, from the forward and from the saved folder"),
+           True, expert_parallel="AutoEP drops the shared expert, from the forward and from the saved folder",
+           fused=True),
     Family("mixtral", "MixtralConfig", "MixtralForCausalLM", "num_local_experts", "num_experts_per_tok", "softmax",
-           False, expert_parallel="DeepSpeed's mixtral preset fails on transformers 5.23"),
+           False, expert_parallel="DeepSpeed's mixtral preset fails on transformers 5.23", fused=True),
     Family("deepseek_v3", "DeepseekV3Config", "DeepseekV3ForCausalLM", "n_routed_experts", "num_experts_per_tok",
-           "sigmoid", True, expert_parallel="AutoEP drops the shared experts and the score bias"),
+           "sigmoid", True, expert_parallel="AutoEP drops the shared experts and the score bias", fused=True),
     Family("glm4_moe", "Glm4MoeConfig", "Glm4MoeForCausalLM", "n_routed_experts", "num_experts_per_tok", "sigmoid",
-           True, expert_parallel="AutoEP drops the shared experts and the score bias"),
+           True, expert_parallel="AutoEP drops the shared experts and the score bias", fused=True),
     Family("gpt_oss", "GptOssConfig", "GptOssForCausalLM", "num_local_experts", "num_experts_per_tok", "softmax",
            False, expert_parallel="AutoEP has no layout for its biased, interleaved experts"),
     Family("granitemoe", "GraniteMoeConfig", "GraniteMoeForCausalLM", "num_local_experts", "num_experts_per_tok",
-           "softmax", False),
+           "softmax", False, fused=True),
 )}
 
 
