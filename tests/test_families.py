@@ -97,6 +97,7 @@ def test_sft_then_dpo_saves_every_tensor_and_logs_what_the_router_did(family, tm
     # laid out differently in memory from the freshly loaded ones, which changes the kernels' summation order)
     assert difference < 1e-6
     trained = model.state_dict()
+    assert any(".shared_expert" in k for k in trained) == FAMILIES[family].shared_experts  # the table says true
     routers = [k for k in initial if k.endswith((".gate.weight", ".router.weight"))]
     assert routers and all(not torch.equal(initial[k], trained[k]) for k in routers)
 
