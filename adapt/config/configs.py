@@ -19,6 +19,7 @@ from adapt.config.sections import (
     HubSection,
     ModelSection,
     ParallelSection,
+    PeftSection,
     RouterSection,
     SequenceLayout,
     router_loss_scale,
@@ -51,6 +52,7 @@ class _AdaptSections:
     router: RouterSection = field(default_factory=RouterSection)
     parallel: ParallelSection = field(default_factory=ParallelSection)
     hub: HubSection = field(default_factory=HubSection)
+    peft: PeftSection = field(default_factory=PeftSection)
     # Replace an existing run folder at `output_dir`. Off by default: a run never silently overwrites another.
     overwrite: bool = False
     # How the SFT loss is reduced (a `training:` key, the toolkit's own). `mean`: TRL's token mean over the global

@@ -40,6 +40,21 @@ class Family:
     # Whether the toolkit's `adapt_fused` experts equal transformers' grouped_mm for this family (loss and every
     # gradient, tests/test_families.py); gpt_oss's biased, interleaved experts are a layout it does not cover.
     fused: bool = False
+    # LoRA: the attention projections' module names (those a model has are adapted), and the router module's name
+    attention: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    router_module: str = "gate"
+
+    def lora_targets(self, targets: list[str]) -> dict[str, dict[str, list[str]]]:
+        """Per recipe selector (`peft.targets`), what PEFT adapts: `target_modules` (LoRA on linear layers),
+        `target_parameters` (LoRA on the fused 3-D expert weights), `modules_to_save` (trained fully)."""
+        by_selector = {
+            "attention": {"target_modules": list(self.attention)},
+            "experts": {"target_parameters": ["experts.gate_up_proj", "experts.down_proj"]},
+            "router": {"modules_to_save": [self.router_module]},
+            "embeddings": {"modules_to_save": ["embed_tokens"]},
+            "lm_head": {"modules_to_save": ["lm_head"]},
+        }
+        return {name: by_selector[name] for name in targets}
 
     @property
     def router_losses(self) -> bool:
@@ -58,13 +73,14 @@ FAMILIES = {f.model_type: f for f in (
     Family("mixtral", "MixtralConfig", "MixtralForCausalLM", "num_local_experts", "num_experts_per_tok", "softmax",
            False, expert_parallel="DeepSpeed's mixtral preset fails on transformers 5.23", fused=True),
     Family("deepseek_v3", "DeepseekV3Config", "DeepseekV3ForCausalLM", "n_routed_experts", "num_experts_per_tok",
-           "sigmoid", True, expert_parallel="AutoEP drops the shared experts and the score bias", fused=True),
+           "sigmoid", True, expert_parallel="AutoEP drops the shared experts and the score bias", fused=True,
+           attention=("q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj")),
     Family("glm4_moe", "Glm4MoeConfig", "Glm4MoeForCausalLM", "n_routed_experts", "num_experts_per_tok", "sigmoid",
            True, expert_parallel="AutoEP drops the shared experts and the score bias", fused=True),
     Family("gpt_oss", "GptOssConfig", "GptOssForCausalLM", "num_local_experts", "num_experts_per_tok", "softmax",
-           False, expert_parallel="AutoEP has no layout for its biased, interleaved experts"),
+           False, expert_parallel="AutoEP has no layout for its biased, interleaved experts", router_module="router"),
     Family("granitemoe", "GraniteMoeConfig", "GraniteMoeForCausalLM", "num_local_experts", "num_experts_per_tok",
-           "softmax", False, fused=True),
+           "softmax", False, fused=True, router_module="router"),
 )}
 
 

@@ -23,6 +23,7 @@ from adapt.config.limits import check_ranges, non_finite
 from adapt.config.sections import (
     BUILTIN_TOKENIZERS,
     DECONTAMINATION_BENCHMARKS,
+    LORA_TARGETS,
     PREFERENCE_FORMATS,
     SECTION_TYPES,
     SFT_FORMATS,
@@ -112,6 +113,7 @@ def build_config(raw: dict[str, Any], file: str | None = None, *, check_paths: b
     check_ranges(recipe_stage, sections, training, file)
     _check_contradictions(recipe_stage, sections, training, file)
     _check_family(sections, file)
+    _check_peft(sections, file, check_hardware)
     _check_loss_reduction(recipe_stage, training, file)
     if check_paths:
         _check_paths(sections, file)
@@ -297,18 +299,30 @@ def _check_contradictions(stage: str, s: dict[str, Any], training: dict[str, Any
         raise RecipeError(file, "hub.repo_id", "`hub.push` is on but no repository is named", "set `ORG/NAME`")
 
 
+def model_reference(name_or_path: str | None) -> str | None:
+    """Where the model's config lives: the folder or Hub id itself, or for a LoRA run's adapter folder its base."""
+    adapter_config = Path(os.path.expanduser(name_or_path or "")) / "adapter_config.json"
+    if name_or_path and adapter_config.is_file():
+        try:
+            return json.loads(adapter_config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            return None
+    return name_or_path
+
+
 def known_model_type(model) -> str | None:
     """The family a recipe trains, when it is known without downloading or loading anything: `model.architecture`
     for a model built from `config`, else the `model_type` of a local folder's config.json or of a Hub model's
     config.json already in the local cache. None otherwise (the stage checks again once it has the config)."""
     if model.config is not None:
         return model.architecture
-    path = Path(os.path.expanduser(model.name_or_path or ""))
+    ref = model_reference(model.name_or_path)
+    path = Path(os.path.expanduser(ref or ""))
     config_json = path / "config.json" if path.is_dir() else None
-    if config_json is None and model.name_or_path and not _looks_local(model.name_or_path):
+    if config_json is None and ref and not _looks_local(ref):
         from huggingface_hub import try_to_load_from_cache
 
-        cached = try_to_load_from_cache(model.name_or_path, "config.json", revision=model.revision)
+        cached = try_to_load_from_cache(ref, "config.json", revision=model.revision)
         config_json = Path(cached) if isinstance(cached, str) else None
     if config_json is None or not config_json.is_file():
         return None
@@ -327,6 +341,40 @@ def _check_family(s: dict[str, Any], file: str | None) -> None:
         problem = check_combination(model_type, s["model"], s["router"], s["parallel"])
         if problem:
             raise RecipeError(file, *problem)
+
+
+def _check_peft(s: dict[str, Any], file: str | None, check_hardware: bool) -> None:
+    peft = s["peft"]
+    if peft.method != "lora":
+        if peft.quantize:
+            raise RecipeError(file, "peft.quantize", "quantizes the frozen base of a LoRA run", "add peft.method: lora")
+        return
+    for i, target in enumerate(peft.targets):
+        if target not in LORA_TARGETS:
+            raise RecipeError(file, f"peft.targets[{i}]", f"unknown selector {target!r}", suggest(target, LORA_TARGETS))
+    if not {"attention", "experts"} & set(peft.targets):
+        raise RecipeError(file, "peft.targets", "puts no LoRA adapter anywhere (router, embeddings and lm_head are "
+                          "trained fully, beside the adapters)", "add attention and/or experts")
+    if peft.r < 1 or peft.alpha <= 0 or not 0 <= peft.dropout < 1:
+        raise RecipeError(file, "peft", f"needs r >= 1, alpha > 0 and 0 <= dropout < 1 (got r={peft.r}, "
+                          f"alpha={peft.alpha}, dropout={peft.dropout})", "e.g. r: 16, alpha: 32, dropout: 0.0")
+    if s["model"].config is not None:
+        raise RecipeError(file, "peft.method", "a LoRA run saves only its adapter, so its base must be loadable, "
+                          "not built at random from model.config", "save the base and set model.name_or_path to it")
+    if s["parallel"].expert_parallel_size > 1:
+        raise RecipeError(file, "peft.method", "LoRA under expert parallelism is not verified (AutoEP replaces the "
+                          "experts the adapters attach to)", "use parallel.expert_parallel_size: 1 with ZeRO")
+    if peft.quantize:
+        import torch
+
+        if check_hardware and not torch.cuda.is_available():
+            raise RecipeError(file, "peft.quantize", f"{peft.quantize} QLoRA runs through bitsandbytes on CUDA, and "
+                              "this machine has no CUDA GPU", "remove peft.quantize, or run on a CUDA machine")
+        # Not wired up yet: bitsandbytes quantizes nn.Linear layers, while an MoE's fused 3-D experts hold most of
+        # its weights; what that gives has to be measured on a GPU before the toolkit offers it.
+        raise RecipeError(file, "peft.quantize", "QLoRA is not verified yet for fused MoE experts (bitsandbytes "
+                          "quantizes linear layers only)", "remove peft.quantize; LoRA on a bf16 base fits OLMoE-1B-7B "
+                          "in 24 GB (recipes/olmoe-1b-7b/README.md)")
 
 
 def _check_loss_reduction(stage: str, training: dict[str, Any], file: str | None) -> None:

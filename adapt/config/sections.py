@@ -178,10 +178,32 @@ class SequenceLayout:
     num_proc: int | None = None
 
 
+# What a LoRA recipe may adapt, by name; adapt/config/families.py maps each to the family's modules or parameters.
+LORA_TARGETS = ("attention", "experts", "router", "embeddings", "lm_head")
+
+
+@dataclass
+class PeftSection:
+    """LoRA adapters instead of full fine-tuning (PEFT). Off unless `method: lora`."""
+
+    method: Literal["none", "lora"] = "none"
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0  # on the attention adapters (PEFT's expert-parameter adapters take none)
+    # `attention`: LoRA on the attention projections. `experts`: LoRA on the fused expert weights (PEFT's
+    # `target_parameters`; `target_modules` would silently skip transformers 5's 3-D experts). `router`,
+    # `embeddings`, `lm_head`: trained fully (a trainable copy saved with the adapter); the rest stays frozen.
+    targets: list[str] = field(default_factory=lambda: ["attention", "experts"])
+    # QLoRA: the frozen base quantized by bitsandbytes. Refused for now: without CUDA, and until it is verified on a
+    # GPU for fused MoE experts (which bitsandbytes, quantizing linear layers only, would leave in bf16).
+    quantize: Literal["4bit", "8bit"] | None = None
+
+
 SECTION_TYPES = {
     "model": ModelSection,
     "data": DataSection,
     "router": RouterSection,
     "parallel": ParallelSection,
     "hub": HubSection,
+    "peft": PeftSection,
 }

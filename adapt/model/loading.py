@@ -38,9 +38,15 @@ def build_model(section, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTr
 
 
 def load_model(section, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> PreTrainedModel:
-    """Weights from the Hub or a local folder (`name_or_path`), or a fresh model (`config`)."""
+    """Weights from the Hub or a local folder (`name_or_path`; a LoRA run's adapter folder gives its base with the
+    adapter merged in), or a fresh model (`config`)."""
     if section.config is not None:
         return build_model(section, tokenizer, seed)
     dtype = DTYPES.get(section.dtype, "auto")
+    from adapt.model.lora import is_adapter_folder, load_merged_adapter
+
+    if is_adapter_folder(section.name_or_path):
+        return load_merged_adapter(section.name_or_path, dtype, revision=section.revision,
+                                   trust_remote_code=section.trust_remote_code, **_impl_kwargs(section))
     return AutoModelForCausalLM.from_pretrained(section.name_or_path, revision=section.revision, dtype=dtype,
                                                 trust_remote_code=section.trust_remote_code, **_impl_kwargs(section))

@@ -14,7 +14,7 @@ from adapt.data.prepare import prepare_data
 from adapt.data.tokenizer import load_tokenizer
 from adapt.model.loading import load_model
 from adapt.stages.entry import stage_main
-from adapt.stages.train import check_family, prepare_model, train_and_save
+from adapt.stages.train import add_adapters, check_family, prepare_model, train_and_save
 from adapt.trainers import AdaptDPOTrainer, MetricsJSONLCallback
 
 
@@ -28,8 +28,13 @@ def run(config):
     check_family(config)  # before the weights load
     model = load_model(config.model, tokenizer, seed=config.seed)
     prepare_model(model, config)
-    # The reference is passed explicitly: TRL 1.16 fails building one from a model object without a path.
-    ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    if config.peft.method == "lora":
+        # No second copy of the weights: TRL keeps a frozen copy of the fresh adapter ("ref") as the reference, so
+        # the reference is the model this stage starts from (an adapter folder arrives merged: the SFT policy).
+        model, ref_model = add_adapters(model, config), None
+    else:
+        # The reference is passed explicitly: TRL 1.16 fails building one from a model object without a path.
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     trainer = AdaptDPOTrainer(model=model, ref_model=ref_model, args=config, train_dataset=data.train,
                               eval_dataset=data.eval, processing_class=tokenizer,
                               callbacks=[MetricsJSONLCallback()])

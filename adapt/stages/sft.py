@@ -13,7 +13,7 @@ from adapt.data.prepare import prepare_data
 from adapt.data.tokenizer import load_tokenizer
 from adapt.model.loading import load_model
 from adapt.stages.entry import stage_main
-from adapt.stages.train import check_family, prepare_model, train_and_save
+from adapt.stages.train import add_adapters, check_family, prepare_model, train_and_save
 from adapt.trainers import AdaptSFTTrainer, MetricsJSONLCallback
 
 
@@ -27,6 +27,7 @@ def run(config):
     check_family(config)  # before the weights load
     model = load_model(config.model, tokenizer, seed=config.seed)
     prepare_model(model, config)
+    model = add_adapters(model, config)  # LoRA when the recipe asks (peft:)
     # The rows come tokenized, masked and packed exactly as SFTTrainer would (adapt/data/tokenize.py); the config
     # says `dataset_kwargs.skip_prepare_dataset` (set by the recipe loader), so TRL takes them as they are.
     trainer = AdaptSFTTrainer(model=model, args=config, train_dataset=data.train, eval_dataset=data.eval,

@@ -23,7 +23,7 @@ def check_family(config, *, required: bool = True) -> None:
     Exits with one line on a problem; when the config cannot be read and `required` is off (`adapt check`
     offline), says so on stderr and leaves the check to the stage."""
     from adapt.config.families import check_combination
-    from adapt.config.recipe import known_model_type
+    from adapt.config.recipe import known_model_type, model_reference
 
     model_type = known_model_type(config.model)
     if model_type is None:
@@ -31,7 +31,7 @@ def check_family(config, *, required: bool = True) -> None:
 
         section = config.model
         try:
-            loaded = AutoConfig.from_pretrained(section.name_or_path, revision=section.revision,
+            loaded = AutoConfig.from_pretrained(model_reference(section.name_or_path), revision=section.revision,
                                                 trust_remote_code=section.trust_remote_code)
         except OSError as e:
             if not required:
@@ -64,6 +64,19 @@ def prepare_model(model, config) -> None:
 
         register_olmoe_preset()
         keep_router_logits(model)
+
+
+def add_adapters(model, config):
+    """The model with LoRA adapters when the recipe says `peft.method: lora` (adapt/model/lora.py), else as it is."""
+    if config.peft.method != "lora":
+        return model
+    from adapt.config.families import family
+    from adapt.model.lora import LoraSetupError, apply_lora
+
+    try:
+        return apply_lora(model, config.peft, family(model.config.get_text_config().model_type))
+    except LoraSetupError as e:
+        sys.exit(f"error: {config.recipe_path}: {e}")
 
 
 def train_and_save(trainer, config, tokenizer, started: float, data_summary: dict | None = None):

@@ -1,0 +1,91 @@
+"""LoRA through PEFT: a recipe's `peft:` section turned into PEFT's `LoraConfig` for the model's family, applied, and
+checked; and a LoRA run's adapter folder loaded back as the model the next stage starts from.
+
+What PEFT does and the toolkit relies on (PEFT 0.21.2): `target_parameters` puts LoRA on transformers 5's fused
+3-D expert weights (`target_modules` would silently skip them); `modules_to_save` trains a full copy of a module and
+saves it with the adapter. What is written here: the mapping from the recipe's selectors to each family's names
+(adapt/config/families.py), the check that every selector adapts something in the loaded model (a name that matches
+nothing would otherwise train nothing without a word), and the per-group parameter counts the run logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+class LoraSetupError(ValueError):
+    """A `peft:` section this model cannot satisfy; one line naming the selector and the fix."""
+
+
+def is_adapter_folder(ref: str | None) -> bool:
+    return bool(ref) and (Path(ref).expanduser() / ADAPTER_CONFIG).is_file()
+
+
+def adapter_base(ref: str) -> str | None:
+    """The base model an adapter folder was trained on (its `base_model_name_or_path`)."""
+    return json.loads((Path(ref).expanduser() / ADAPTER_CONFIG).read_text(encoding="utf-8")).get(
+        "base_model_name_or_path")
+
+
+def apply_lora(model, peft_section, family):
+    """The model wrapped with LoRA adapters as the recipe asks; only the adapters (and the fully trained copies)
+    require gradients."""
+    from peft import LoraConfig, get_peft_model
+
+    selected = family.lora_targets(peft_section.targets)
+    names = {n for n, _ in model.named_modules()}
+    parameters = {n for n, _ in model.named_parameters()}
+    for selector, spec in selected.items():
+        wanted = spec.get("target_modules", []) + spec.get("modules_to_save", [])
+        found = any(n.split(".")[-1] in wanted for n in names) or any(
+            n.endswith(tuple(spec.get("target_parameters", []))) for n in parameters if spec.get("target_parameters"))
+        if not found:
+            raise LoraSetupError(f"peft.targets: `{selector}` matches nothing in this {family.model_type} model "
+                                 f"(looked for {', '.join(sum(spec.values(), []))}); remove it from peft.targets")
+    merged = {key: sorted({name for spec in selected.values() for name in spec.get(key, [])})
+              for key in ("target_modules", "target_parameters", "modules_to_save")}
+    config = LoraConfig(r=peft_section.r, lora_alpha=peft_section.alpha, lora_dropout=peft_section.dropout,
+                        target_modules=merged["target_modules"] or None,
+                        target_parameters=merged["target_parameters"] or None,
+                        modules_to_save=merged["modules_to_save"] or None, task_type="CAUSAL_LM")
+    wrapped = get_peft_model(model, config)
+    for line in parameter_counts(wrapped):
+        log.warning(line)
+    return wrapped
+
+
+def parameter_counts(model) -> list[str]:
+    """Trainable and total parameters, overall and per kind of trainable parameter (one line each)."""
+    groups: dict[str, int] = {}
+    total = trainable = 0
+    for name, p in model.named_parameters():
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+            kind = "lora" if "lora_" in name else "full copy"
+            groups[kind] = groups.get(kind, 0) + p.numel()
+    lines = [f"LoRA: {trainable:,} of {total:,} parameters trainable ({100 * trainable / max(total, 1):.3f}%)"]
+    lines += [f"  {kind}: {count:,}" for kind, count in sorted(groups.items())]
+    return lines
+
+
+def load_merged_adapter(ref: str, dtype, **kwargs):
+    """An adapter folder as the model it describes: its base with the adapter merged in, so the next stage (DPO
+    after a LoRA SFT) starts from exactly the SFT policy, and its reference model is that policy too."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = adapter_base(ref)
+    if not base:
+        raise LoraSetupError(f"{ref}/{ADAPTER_CONFIG}: no base_model_name_or_path, so there is no base to load")
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, **kwargs)
+    with torch.no_grad():
+        return PeftModel.from_pretrained(model, ref).merge_and_unload()
