@@ -92,9 +92,45 @@ def test_lora_sft_then_dpo(base, tmp_path):
         assert (logits(dpo_trainer.model, ids) - logits(merged, ids)).abs().max().item() < 1e-5
 
     from adapt.hub.push import dry_run
+    from adapt.tasks import get_task
+    from adapt_eval.task_eval import evaluate_task
 
     published = dry_run(tmp_path / "sft", tmp_path / "push", "org/tiny-lora")
     assert published.what == "adapter" and "adapter_model.safetensors" in published.files
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)  # the adapter folder holds the tokenizer too
+    scores = evaluate_task(loaded, tokenizer, get_task("reverse"), n_items=2, n_pairs=2, max_new_tokens=4)
+    assert (scores["n_items"], scores["n_pairs"]) == (2, 2)
+
+
+@pytest.mark.slow
+def test_dpo_continuing_the_sft_adapter_with_cached_reference_log_probs(base, tmp_path):
+    """`peft.from_adapter: continue`: DPO trains the SFT adapter itself, against a frozen copy of it as the
+    reference, and the reference log-probs precomputed once (TRL's cache) are the SFT policy's."""
+    ids = torch.randint(3, 200, (1, 12), generator=torch.Generator().manual_seed(0))
+    sft_policy = sft.run(lora_sft(base, tmp_path)).model
+    raw = with_lora(TINY_DPO.format(rows=8, lb=0.01, z=0.001, out=tmp_path / "dpo", steps=1, model=tmp_path / "sft"),
+                    from_adapter="continue")
+    raw["training"]["precompute_ref_log_probs"] = True
+    config = load_recipe(write_recipe(tmp_path / "dpo.yaml", yaml.safe_dump(raw)))
+    from adapt.data.prepare import prepare_data
+    from adapt.trainers import AdaptDPOTrainer
+
+    tokenizer = load_tokenizer(config.model)
+    model = load_model(config.model, tokenizer, peft=config.peft)
+    assert (logits(model, ids) - logits(sft_policy, ids)).abs().max().item() < 1e-6  # the SFT adapter, continued
+    data = prepare_data(config.stage, config.data, config.sequence_layout(), tokenizer, use_cache=False)
+    trainer = AdaptDPOTrainer(model=model, ref_model=None, args=config, train_dataset=data.train,
+                              processing_class=tokenizer)
+    assert "ref" in model.peft_config  # TRL's frozen copy of the adapter: the reference
+    trainer.train()
+    first = [h for h in trainer.state.log_history if "loss" in h][0]
+    assert first["rewards/chosen"] == 0.0 and first["rewards/rejected"] == 0.0  # cached reference == SFT policy
+
+    raw["peft"]["r"] = 8  # the saved adapter has r 4: continuing it under another r is refused
+    with pytest.raises(RecipeError, match=r"peft.from_adapter: continue keeps the adapter of .* \(r=4, alpha=8\)"):
+        load_recipe(write_recipe(tmp_path / "dpo8.yaml", yaml.safe_dump(raw)))
 
 
 def test_a_selector_that_matches_nothing_is_refused(base, tmp_path):

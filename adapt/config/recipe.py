@@ -358,6 +358,13 @@ def _check_peft(s: dict[str, Any], file: str | None, check_hardware: bool) -> No
     if peft.r < 1 or peft.alpha <= 0 or not 0 <= peft.dropout < 1:
         raise RecipeError(file, "peft", f"needs r >= 1, alpha > 0 and 0 <= dropout < 1 (got r={peft.r}, "
                           f"alpha={peft.alpha}, dropout={peft.dropout})", "e.g. r: 16, alpha: 32, dropout: 0.0")
+    adapter_config = Path(os.path.expanduser(s["model"].name_or_path or "")) / "adapter_config.json"
+    if peft.from_adapter == "continue" and adapter_config.is_file():
+        saved = json.loads(adapter_config.read_text(encoding="utf-8"))
+        if (saved.get("r"), saved.get("lora_alpha")) != (peft.r, peft.alpha):
+            raise RecipeError(file, "peft.from_adapter", f"continue keeps the adapter of {s['model'].name_or_path} "
+                              f"(r={saved.get('r')}, alpha={saved.get('lora_alpha')}), but the recipe says "
+                              f"r={peft.r}, alpha={peft.alpha}", "make them equal, or use peft.from_adapter: merge")
     if s["model"].config is not None:
         raise RecipeError(file, "peft.method", "a LoRA run saves only its adapter, so its base must be loadable, "
                           "not built at random from model.config", "save the base and set model.name_or_path to it")

@@ -194,6 +194,10 @@ class PeftSection:
     # `target_parameters`; `target_modules` would silently skip transformers 5's 3-D experts). `router`,
     # `embeddings`, `lm_head`: trained fully (a trainable copy saved with the adapter); the rest stays frozen.
     targets: list[str] = field(default_factory=lambda: ["attention", "experts"])
+    # A stage started from a LoRA run's adapter folder (DPO after a LoRA SFT): `merge` folds that adapter into its
+    # base and trains a fresh one; `continue` keeps training the same adapter (its saved r and alpha must be the
+    # recipe's). Either way the DPO reference is the SFT policy.
+    from_adapter: Literal["merge", "continue"] = "merge"
     # QLoRA: the frozen base quantized by bitsandbytes. Refused for now: without CUDA, and until it is verified on a
     # GPU for fused MoE experts (which bitsandbytes, quantizing linear layers only, would leave in bf16).
     quantize: Literal["4bit", "8bit"] | None = None

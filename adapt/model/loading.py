@@ -37,16 +37,19 @@ def build_model(section, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTr
     return model
 
 
-def load_model(section, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> PreTrainedModel:
-    """Weights from the Hub or a local folder (`name_or_path`; a LoRA run's adapter folder gives its base with the
-    adapter merged in), or a fresh model (`config`)."""
+def load_model(section, tokenizer: PreTrainedTokenizerBase, seed: int = 0, peft=None):
+    """Weights from the Hub or a local folder (`name_or_path`), or a fresh model (`config`). A LoRA run's adapter
+    folder gives its base with the adapter merged in, or, under `peft.from_adapter: continue`, the PEFT model whose
+    adapter keeps training."""
     if section.config is not None:
         return build_model(section, tokenizer, seed)
     dtype = DTYPES.get(section.dtype, "auto")
-    from adapt.model.lora import is_adapter_folder, load_merged_adapter
+    from adapt.model.lora import is_adapter_folder, load_merged_adapter, load_trainable_adapter
 
     if is_adapter_folder(section.name_or_path):
-        return load_merged_adapter(section.name_or_path, dtype, revision=section.revision,
-                                   trust_remote_code=section.trust_remote_code, **_impl_kwargs(section))
+        kwargs = dict(revision=section.revision, trust_remote_code=section.trust_remote_code, **_impl_kwargs(section))
+        if peft is not None and peft.method == "lora" and peft.from_adapter == "continue":
+            return load_trainable_adapter(section.name_or_path, peft, dtype, **kwargs)
+        return load_merged_adapter(section.name_or_path, dtype, **kwargs)
     return AutoModelForCausalLM.from_pretrained(section.name_or_path, revision=section.revision, dtype=dtype,
                                                 trust_remote_code=section.trust_remote_code, **_impl_kwargs(section))

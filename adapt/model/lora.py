@@ -77,6 +77,24 @@ def parameter_counts(model) -> list[str]:
     return lines
 
 
+def load_trainable_adapter(ref: str, peft_section, dtype, **kwargs):
+    """An adapter folder as a PEFT model whose adapter keeps training (`peft.from_adapter: continue`). Its saved r
+    and alpha must be the recipe's: a recipe that says otherwise is refused rather than silently overruled."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    saved = json.loads((Path(ref).expanduser() / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    if (saved.get("r"), saved.get("lora_alpha")) != (peft_section.r, peft_section.alpha):
+        raise LoraSetupError(f"peft.from_adapter: continue keeps {ref}'s adapter (r={saved.get('r')}, alpha="
+                             f"{saved.get('lora_alpha')}) but the recipe says r={peft_section.r}, alpha="
+                             f"{peft_section.alpha}; make them equal, or use peft.from_adapter: merge")
+    base = adapter_base(ref)
+    if not base:
+        raise LoraSetupError(f"{ref}/{ADAPTER_CONFIG}: no base_model_name_or_path, so there is no base to load")
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, **kwargs)
+    return PeftModel.from_pretrained(model, ref, is_trainable=True)
+
+
 def load_merged_adapter(ref: str, dtype, **kwargs):
     """An adapter folder as the model it describes: its base with the adapter merged in, so the next stage (DPO
     after a LoRA SFT) starts from exactly the SFT policy, and its reference model is that policy too."""

@@ -26,7 +26,7 @@ def run(config):
     with config.main_process_first(local=False, desc="data"):  # rank 0 builds (and caches) the mixture first
         data = prepare_data(config.stage, config.data, config.sequence_layout(), tokenizer)
     check_family(config)  # before the weights load
-    model = load_model(config.model, tokenizer, seed=config.seed)
+    model = load_model(config.model, tokenizer, seed=config.seed, peft=config.peft)
     prepare_model(model, config)
     if config.peft.method == "lora":
         # No second copy of the weights: TRL keeps a frozen copy of the fresh adapter ("ref") as the reference, so

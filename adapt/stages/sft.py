@@ -25,7 +25,7 @@ def run(config):
     with config.main_process_first(local=False, desc="data"):  # rank 0 builds (and caches) the mixture first
         data = prepare_data(config.stage, config.data, config.sequence_layout(), tokenizer)
     check_family(config)  # before the weights load
-    model = load_model(config.model, tokenizer, seed=config.seed)
+    model = load_model(config.model, tokenizer, seed=config.seed, peft=config.peft)
     prepare_model(model, config)
     model = add_adapters(model, config)  # LoRA when the recipe asks (peft:)
     # The rows come tokenized, masked and packed exactly as SFTTrainer would (adapt/data/tokenize.py); the config

@@ -68,7 +68,9 @@ def prepare_model(model, config) -> None:
 
 def add_adapters(model, config):
     """The model with LoRA adapters when the recipe says `peft.method: lora` (adapt/model/lora.py), else as it is."""
-    if config.peft.method != "lora":
+    from peft import PeftModel
+
+    if config.peft.method != "lora" or isinstance(model, PeftModel):  # an adapter folder continued as it is
         return model
     from adapt.config.families import family
     from adapt.model.lora import LoraSetupError, apply_lora
