@@ -268,3 +268,34 @@ def test_fused_experts_equal_grouped_mm_where_the_table_allows_them(family, monk
     assert grads.keys() == reference.keys()
     for name in grads:
         assert ((grads[name] - reference[name]).norm() / reference[name].norm().clamp(min=1e-30)).item() < 1e-5, name
+
+
+@pytest.mark.parametrize("family", list(TINY))
+def test_every_lora_selector_adapts_its_part_of_every_family(family):
+    """The table's LoRA names (adapt/config/families.py) find each family's modules: every selector adapts something
+    that receives a gradient."""
+    from transformers import AutoConfig
+
+    from adapt.config.sections import LORA_TARGETS, PeftSection
+    from adapt.model.lora import apply_lora
+
+    f = FAMILIES[family]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(family, vocab_size=256, **TINY[family]))
+    wrapped = apply_lora(model, PeftSection(method="lora", r=2, alpha=4, targets=list(LORA_TARGETS)), f)
+    ids = torch.randint(2, 256, (2, 9), generator=torch.Generator().manual_seed(1))
+    wrapped(input_ids=ids, labels=ids).loss.backward()
+    trainable = {n: p for n, p in wrapped.named_parameters() if p.requires_grad}
+    parts = {
+        "attention": lambda n: "lora_" in n and any(f".{a}." in n for a in f.attention),
+        "experts": lambda n: "lora_" in n and ".experts." in n,
+        # PEFT matches module names by suffix: qwen2_moe's `shared_expert_gate` (its shared expert's gate) is trained
+        # with the router
+        "router": lambda n: ".modules_to_save." in n and n.split(".modules_to_save.")[0].endswith(f.router_module),
+        "embeddings": lambda n: "embed_tokens.modules_to_save." in n,
+        "lm_head": lambda n: "lm_head.modules_to_save." in n,
+    }
+    for selector, belongs in parts.items():
+        names = [n for n in trainable if belongs(n)]
+        assert names and all(trainable[n].grad is not None for n in names), selector
+    assert set(trainable) == {n for n in trainable if any(belongs(n) for belongs in parts.values())}

@@ -41,6 +41,7 @@ class Family:
     # gradient, tests/test_families.py); gpt_oss's biased, interleaved experts are a layout it does not cover.
     fused: bool = False
     # LoRA: the attention projections' module names (those a model has are adapted), and the router module's name
+    # (PEFT matches it as a suffix, so qwen2_moe's `shared_expert_gate`, its shared expert's gate, comes with it)
     attention: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     router_module: str = "gate"
 
