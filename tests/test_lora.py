@@ -85,6 +85,7 @@ def test_lora_sft_then_dpo(base, tmp_path):
     # that policy (TRL's frozen copy of the adapter), so at the first step the log-ratios are exactly 0
     raw = with_lora(TINY_DPO.format(rows=8, lb=0.01, z=0.001, out=tmp_path / "dpo", steps=2, model=folder))
     dpo_trainer = dpo.run(load_recipe(write_recipe(tmp_path / "dpo.yaml", yaml.safe_dump(raw))))
+    assert not (tmp_path / "dpo" / "ref").exists()  # TRL's frozen reference copy is not saved as a second adapter
     rows = metrics(tmp_path / "dpo")
     assert rows[0]["rewards/chosen"] == 0.0 and rows[0]["rewards/rejected"] == 0.0
     assert all("aux_loss" in r and "z_loss" in r for r in rows)

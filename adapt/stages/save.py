@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import sys
 import textwrap
 import time
@@ -75,6 +76,10 @@ def _save_weights(trainer, config, out: Path) -> None:
 
     if not is_autoep(trainer.model):
         trainer.save_model(str(out))
+        if trainer.accelerator.is_main_process and (out / "ref" / "adapter_config.json").is_file():
+            # TRL's DPO keeps a frozen copy of the adapter as its reference ("ref"), and PEFT saves every adapter:
+            # the copy is the starting point, not part of the trained model
+            shutil.rmtree(out / "ref")
         return
     state = hf_state_dict(trainer.model, config.parallel.expert_parallel_size)  # collective: every rank
     if trainer.accelerator.is_main_process:
