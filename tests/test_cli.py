@@ -31,7 +31,8 @@ def adapt(*args, code=""):
     return subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("command", ["sft", "dpo", "check", "data", "eval", "eval score", "report", "demo", "push"])
+@pytest.mark.parametrize("command", ["sft", "dpo", "check", "data", "eval", "eval score", "report", "analyze", "demo",
+                                     "push"])
 def test_help_loads_no_heavy_library(command):
     heavy = ("torch", "transformers", "trl", "lm_eval", "datasets", "deepspeed")
     run = adapt(*command.split(), "--help", code=f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
@@ -51,5 +52,5 @@ def test_overview_lists_every_command_and_version_is_the_installed_one():
 def test_unknown_command_is_one_line():
     run = adapt("trian")
     assert run.returncode == 1 and run.stdout == ""
-    assert run.stderr == ("error: unknown command 'trian'; one of: check, data, demo, dpo, eval, eval score, push, "
-                          "report, sft\n")
+    assert run.stderr == ("error: unknown command 'trian'; one of: analyze, check, data, demo, dpo, eval, eval score, "
+                          "push, report, sft\n")

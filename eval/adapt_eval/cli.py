@@ -154,3 +154,39 @@ def run_report(argv) -> None:
         sys.exit(f"error: {e}")
     for path in paths:
         print(path)
+
+
+def analyze_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="adapt analyze", description="What adaptation did to the router: each model's "
+                                "routing on the same tokens (load, dead experts, co-activation, domain shares) and "
+                                "the router saturation between them (eval/adapt_eval/routing.py).")
+    p.add_argument("--models", nargs="+", required=True, metavar="NAME=PATH", help="e.g. base=runs/demo/base "
+                   "sft=runs/demo/sft dpo=runs/demo/dpo (in order: saturation is taken between neighbours)")
+    p.add_argument("--data", nargs="+", required=True, metavar="DOMAIN=SPEC",
+                   help="domain samples: task:NAME (a built-in task's prompts) or a JSONL file of prompts")
+    p.add_argument("--texts", type=int, default=64, help="texts per domain (default 64)")
+    p.add_argument("--output", required=True, help="folder for analysis.json")
+    return p
+
+
+def run_analyze(argv) -> None:
+    args = analyze_parser().parse_args(argv)
+    pairs = {}
+    for flag, items in (("--models", args.models), ("--data", args.data)):
+        for item in items:
+            name, sep, value = item.partition("=")
+            if not sep or not name or not value:
+                sys.exit(f"error: {flag} {item}: expected NAME=VALUE")
+            pairs.setdefault(flag, {})[name] = value
+    from adapt_eval.routing import analyze
+
+    try:
+        result = analyze(pairs["--models"], pairs["--data"], args.texts)
+    except (ValueError, OSError, KeyError) as e:
+        sys.exit(f"error: {' '.join(str(e).split())}")
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "analysis.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    for pair, layers in result["saturation"].items():
+        print(f"saturation {pair}: " + "  ".join(f"layer {n}: {v:.3f}" for n, v in layers.items()))
+    print(f"analysis: {out / 'analysis.json'}")
