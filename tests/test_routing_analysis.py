@@ -1,6 +1,8 @@
 """Routing analysis on tiny OLMoEs whose routers are set so the routing is known, every metric against a value
 worked out by hand."""
 
+import json
+
 import pytest
 import torch
 
@@ -69,9 +71,7 @@ def test_saturation_counts_the_experts_two_models_share():
 
 
 def test_adapt_analyze_on_saved_models(tmp_path, capsys):
-    """The command: the same tokens through each saved model, one JSON with every number."""
-    import json
-
+    """The command: the same tokens through each saved model, one JSON with every number, and the pictures."""
     from adapt.cli import main
     from adapt.data.tokenizer import build_demo_tokenizer
 
@@ -95,3 +95,19 @@ def test_adapt_analyze_on_saved_models(tmp_path, capsys):
     saturation_by_layer = result["saturation"]["base->changed"]
     assert saturation_by_layer["1"] == 1.0 and saturation_by_layer["0"] < 1.0
     assert "saturation base->changed: layer 0:" in capsys.readouterr().out
+    for picture in ("saturation.png", "experts_base.png", "experts_changed.png"):
+        assert (tmp_path / "out" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_training_view_draws_a_runs_router_stats(tmp_path, capsys):
+    from adapt.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"step": s, "layers": [1, 3], "expert_share": [[0.5, 0.5], [1 - s / 10, s / 10]]} for s in (1, 2, 3)]
+    (run / "router_stats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    main(["analyze", "--run", str(run), "--output", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "training_load.png").read_bytes()[:4] == b"\x89PNG"
+    assert capsys.readouterr().out == f"picture: {tmp_path / 'out' / 'training_load.png'}\n"
+    with pytest.raises(SystemExit, match="no router_stats.jsonl"):
+        main(["analyze", "--run", str(tmp_path), "--output", str(tmp_path / "out")])

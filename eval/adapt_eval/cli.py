@@ -160,17 +160,31 @@ def analyze_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="adapt analyze", description="What adaptation did to the router: each model's "
                                 "routing on the same tokens (load, dead experts, co-activation, domain shares) and "
                                 "the router saturation between them (eval/adapt_eval/routing.py).")
-    p.add_argument("--models", nargs="+", required=True, metavar="NAME=PATH", help="e.g. base=runs/demo/base "
+    p.add_argument("--models", nargs="+", default=[], metavar="NAME=PATH", help="e.g. base=runs/demo/base "
                    "sft=runs/demo/sft dpo=runs/demo/dpo (in order: saturation is taken between neighbours)")
-    p.add_argument("--data", nargs="+", required=True, metavar="DOMAIN=SPEC",
+    p.add_argument("--data", nargs="+", default=[], metavar="DOMAIN=SPEC",
                    help="domain samples: task:NAME (a built-in task's prompts) or a JSONL file of prompts")
+    p.add_argument("--run", help="a training run folder: draw its experts' load over the steps (router_stats.jsonl)")
     p.add_argument("--texts", type=int, default=64, help="texts per domain (default 64)")
-    p.add_argument("--output", required=True, help="folder for analysis.json")
+    p.add_argument("--output", required=True, help="folder for analysis.json and the pictures")
     return p
 
 
 def run_analyze(argv) -> None:
     args = analyze_parser().parse_args(argv)
+    if bool(args.models) != bool(args.data) or not (args.models or args.run):
+        sys.exit("error: adapt analyze: give --models with --data (models on the same tokens), or --run RUN_DIR, "
+                 "or both")
+    out = Path(args.output)
+    if args.run:
+        from adapt_eval.routing_plots import plot_training_load
+
+        try:
+            print(f"picture: {plot_training_load(Path(args.run), out)}")
+        except (FileNotFoundError, KeyError, IndexError, ValueError) as e:
+            sys.exit(f"error: {e}")
+    if not args.models:
+        return
     pairs = {}
     for flag, items in (("--models", args.models), ("--data", args.data)):
         for item in items:
@@ -184,9 +198,12 @@ def run_analyze(argv) -> None:
         result = analyze(pairs["--models"], pairs["--data"], args.texts)
     except (ValueError, OSError, KeyError) as e:
         sys.exit(f"error: {' '.join(str(e).split())}")
-    out = Path(args.output)
+    from adapt_eval.routing_plots import plot_analysis
+
     out.mkdir(parents=True, exist_ok=True)
     (out / "analysis.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    for picture in plot_analysis(json.loads((out / "analysis.json").read_text()), out):
+        print(f"picture: {picture}")
     for pair, layers in result["saturation"].items():
         print(f"saturation {pair}: " + "  ".join(f"layer {n}: {v:.3f}" for n, v in layers.items()))
     print(f"analysis: {out / 'analysis.json'}")

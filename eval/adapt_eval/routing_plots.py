@@ -1,0 +1,94 @@
+"""The router analysis as pictures (matplotlib, Agg: no display needed), each readable at a glance:
+
+- `saturation.png`: the router saturation per layer for each pair of models. A bar near 1 means the routing was
+  kept; k/E (the dashed line) is what two unrelated routings share by chance.
+- `experts_<model>.png`: the expert x domain share of each model's last MoE layer. A dark column is an expert that
+  takes a domain's tokens; a blank one is a dead expert; uniform grey is a router that ignores the domain.
+- `training_load.png` (from a run's `router_stats.jsonl`): each expert's share of the tokens per layer over the
+  training steps. Lines that fan out to 0 and to the top are a routing collapse happening during training.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_analysis(result: dict, folder: Path) -> list[Path]:
+    """The pictures of an `analyze` result, written to `folder`; their paths."""
+    plt, written = _pyplot(), []
+    folder.mkdir(parents=True, exist_ok=True)
+    if result["saturation"]:
+        fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
+        pairs = list(result["saturation"])
+        layers = sorted({int(n) for values in result["saturation"].values() for n in values})
+        width = 0.8 / len(pairs)
+        for i, pair in enumerate(pairs):
+            values = [result["saturation"][pair].get(n, result["saturation"][pair].get(str(n))) for n in layers]
+            ax.bar([n + i * width for n in layers], values, width, label=pair)
+        chance = _chance(result)
+        if chance is not None:
+            ax.axhline(chance, color="grey", ls="--", lw=1, label=f"chance (k/E = {chance:.2f})")
+        ax.set(xlabel="layer", ylabel="saturation", ylim=(0, 1.05), title="router saturation between models")
+        ax.set_xticks([n + width * (len(pairs) - 1) / 2 for n in layers], [str(n) for n in layers])
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        written.append(_save(fig, folder / "saturation.png", plt))
+    for name, model in result["per_model"].items():
+        layers = model["layers"]
+        last_layer = max(layers, key=int)
+        last = layers[last_layer]
+        domains = sorted(last["domains"])
+        fig, ax = plt.subplots(figsize=(6, 1 + 0.4 * len(domains)), dpi=100)
+        image = ax.imshow([last["domains"][d] for d in domains], aspect="auto", cmap="Greys", vmin=0)
+        ax.set(xlabel="expert", title=f"{name}: share of each domain's tokens per expert (layer {last_layer})")
+        ax.set_yticks(range(len(domains)), domains)
+        fig.colorbar(image, ax=ax)
+        fig.tight_layout()
+        written.append(_save(fig, folder / f"experts_{name}.png", plt))
+    return written
+
+
+def _chance(result: dict) -> float | None:
+    """k/E from a model's loads (each token counts once for each of its k experts)."""
+    for model in result["per_model"].values():
+        for layer in model["layers"].values():
+            if model["tokens"]:
+                return sum(layer["load"]) / model["tokens"] / len(layer["load"])
+    return None
+
+
+def plot_training_load(run_dir: Path, folder: Path) -> Path:
+    """Each expert's share of the tokens over training, one panel per MoE layer, from `router_stats.jsonl`."""
+    path = Path(run_dir) / "router_stats.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no router_stats.jsonl (a run trained with router.log_stats: true has one)")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    plt = _pyplot()
+    layers = rows[0].get("layers") or list(range(len(rows[0]["expert_share"])))
+    fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 2.8), dpi=100, squeeze=False)
+    steps = [r["step"] for r in rows]
+    for i, (ax, layer) in enumerate(zip(axes[0], layers)):
+        shares = [r["expert_share"][i] for r in rows]
+        for expert in range(len(shares[0])):
+            ax.plot(steps, [s[expert] for s in shares], lw=0.8)
+        ax.set(title=f"layer {layer}", xlabel="step", ylabel="share of tokens" if i == 0 else None)
+    fig.suptitle("expert load during training (one line per expert)", fontsize=10)
+    fig.tight_layout()
+    folder.mkdir(parents=True, exist_ok=True)
+    return _save(fig, folder / "training_load.png", plt)
+
+
+def _save(fig, path: Path, plt) -> Path:
+    fig.savefig(path)
+    plt.close(fig)
+    return path
