@@ -21,6 +21,16 @@ def test_demo_pipeline_shows_sft_and_dpo_gains(tmp_path):
     assert dpo["preference_accuracy"] > sft["preference_accuracy"] + 0.1
     assert dpo["task_accuracy"] > 0.5  # DPO learned the preference without forgetting the task
     assert "| task_accuracy |" in (out / "report.md").read_text()
+    # The router analysis: SFT moved the router (saturation below 1), and the report and the card show it.
+    analysis = json.loads((out / "dpo" / "analysis" / "analysis.json").read_text())
+    assert max(analysis["saturation"]["base->sft"].values()) < 1.0
+    assert "## What adaptation did to the router" in (out / "report.md").read_text()
+    pushed = subprocess.run([sys.executable, "-m", "adapt.cli", "push", str(out / "dpo"), "--repo-id", "org/demo",
+                             "--dry-run", str(tmp_path / "repo")], cwd=REPO, capture_output=True, text=True,
+                            timeout=300)
+    assert pushed.returncode == 0, pushed.stderr[-3000:]
+    assert "## What adaptation did to the router" in (tmp_path / "repo" / "README.md").read_text()
+    assert (tmp_path / "repo" / "assets" / "router" / "saturation.png").is_file()
     for stage in ("base", "sft", "dpo"):
         assert (out / stage / "config.json").exists()
     # a second run refuses to replace the first

@@ -305,3 +305,29 @@ def test_lora_run_pushes_its_adapter_or_the_merged_model(tmp_path, demo_tokenize
     assert torch.allclose(got, expected, atol=1e-5)
     with pytest.raises(PublishError, match="needs a LoRA run"):
         dry_run(tmp_path / "merged", tmp_path / "again", "org/x", FolderOptions(what="merged"))
+
+
+def test_card_shows_what_adaptation_did_to_the_router_of_these_weights(runs, tmp_path):
+    from adapt_eval.routing_report import TITLE, write_analysis
+    from adapt_eval.routing_run import analyze
+
+    run = tmp_path / "dpo"
+    shutil.copytree(runs["dpo"], run)
+    result = analyze({"sft": str(runs["sft"]), "dpo": str(run)}, {"reverse": "task:reverse"}, texts_per_domain=4,
+                     log=lambda line: None)
+    write_analysis(result, run / "analysis")
+    dry_run(run, tmp_path / "out", "org/x")
+    text = ModelCard.load(tmp_path / "out" / "README.md").text
+    layers = result["saturation"]["sft->dpo"]
+    assert f"## {TITLE}" in text
+    assert "| sft → dpo | " + " | ".join(f"{layers[n]:.3f}" for n in sorted(layers)) + " |" in text
+    for picture in ("saturation.png", "experts_sft.png", "experts_dpo.png", "analysis.json"):
+        assert (tmp_path / "out" / "assets" / "router" / picture).is_file()
+    assert "![saturation](assets/router/saturation.png)" in text
+
+    result["per_model"]["dpo"]["fingerprint"]["sha256"] = "0" * 64  # an analysis of other weights
+    (run / "analysis" / "analysis.json").write_text(json.dumps(result))
+    dry_run(run, tmp_path / "stale", "org/x")
+    text = ModelCard.load(tmp_path / "stale" / "README.md").text
+    assert "router analysis of other weights" in text and "| sft → dpo |" not in text
+    assert not (tmp_path / "stale" / "assets" / "router").exists()

@@ -2,9 +2,11 @@
 worked out by hand."""
 
 import json
+import os
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from adapt_eval.routing import RoutingRecorder, RoutingTotals, saturation
 from conftest import tiny_olmoe
@@ -36,9 +38,9 @@ def test_every_metric_on_a_known_routing():
     choices = run(model, IDS, MASK)
     assert sorted(choices) == [0, 1] and all(sorted(row) == chosen for c in choices.values() for row in c.tolist())
 
-    totals = RoutingTotals(num_experts=4)
-    totals.add(choices, MASK, "code")
-    totals.add(run(model, IDS[:1], MASK[:1]), MASK[:1], "chat")
+    totals = RoutingTotals(num_experts=4, vocab_size=200)
+    totals.add(choices, MASK, "code", IDS)
+    totals.add(run(model, IDS[:1], MASK[:1]), MASK[:1], "chat", IDS[:1])
     summary = totals.summary()
     assert totals.tokens == 16 and dict(totals.domain_tokens) == {"code": 10, "chat": 6}
     for layer in (0, 1):
@@ -68,6 +70,53 @@ def test_saturation_counts_the_experts_two_models_share():
     assert {layer: (pytest.approx(total), n) for layer, (total, n) in by_hand.items()} == result
     assert result[1] == (10.0, 10)  # layer 1's router is still all zeros: the same experts
     assert result[0][0] < 10.0  # layer 0's router changed: base -> changed saturation below 1
+
+
+def token_only_model():
+    """Attention outputs zeroed (o_proj = 0): no token sees another, so every router's choice is a function of the
+    token id alone, and the vocabulary and domain shares can be worked out from each id routed on its own."""
+    model = tiny_olmoe(num_experts=4, num_experts_per_tok=2, seed=3).eval()
+    for layer in model.model.layers:
+        layer.self_attn.o_proj.weight.data.zero_()
+    return model
+
+
+def test_vocabulary_and_domain_shares_match_each_token_routed_alone():
+    model = token_only_model()
+    ids = torch.tensor([[5, 6, 5, 7, 5, 6], [7, 7, 8, 5, 9, 9]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]])  # the last 9 is padding: 9 occurs once
+    alone = {t: run(model, torch.tensor([[t]]), torch.ones(1, 1)) for t in (5, 6, 7, 8, 9)}
+    totals = RoutingTotals(num_experts=4, vocab_size=300)
+    totals.add(run(model, ids[:1], mask[:1]), mask[:1], "a", ids[:1])
+    totals.add(run(model, ids[1:], mask[1:]), mask[1:], "b", ids[1:])
+    summary = totals.summary(top_tokens=10, min_count=2)
+    occurrences = {5: 4, 6: 2, 7: 3}  # ids seen at least twice (8 and 9 once: left out)
+    for layer in (0, 1):
+        experts_of = {t: set(alone[t][layer][0].tolist()) for t in alone}
+        for e, top in enumerate(summary[layer]["vocabulary"]):
+            expected = sorted((t for t, n in occurrences.items() if e in experts_of[t]), key=lambda t: -occurrences[t])
+            assert [entry["id"] for entry in top] == expected
+            assert all(entry["share"] == 1.0 and entry["count"] == occurrences[entry["id"]] for entry in top)
+        for domain, rows in (("a", ids[0].tolist()), ("b", ids[1, :5].tolist())):
+            by_hand = [sum(e in experts_of[t] for t in rows) / len(rows) for e in range(4)]
+            assert summary[layer]["domains"][domain] == pytest.approx(by_hand)
+
+
+def test_load_entropy_and_merging_counts_from_several_processes():
+    model = token_only_model()
+    ids = torch.randint(3, 40, (4, 8), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(4, 8, dtype=torch.long)
+    whole = RoutingTotals(num_experts=4, vocab_size=300)
+    halves = [RoutingTotals(num_experts=4, vocab_size=300) for _ in range(2)]
+    for i in range(4):
+        choices = run(model, ids[i:i + 1], mask[i:i + 1])
+        whole.add(choices, mask[i:i + 1], "d" if i % 2 else "c", ids[i:i + 1])
+        halves[i % 2].add(choices, mask[i:i + 1], "d" if i % 2 else "c", ids[i:i + 1])
+    halves[0].merge(halves[1])
+    assert halves[0].summary(top_tokens=3) == whole.summary(top_tokens=3)
+    zero = RoutingTotals(num_experts=4, vocab_size=300)
+    zero.add(run(zero_router_model(), IDS, MASK), MASK, "code", IDS)
+    assert zero.summary()[0]["load_entropy"] == pytest.approx(0.5)  # 2 of 4 experts, evenly: log 2 / log 4
 
 
 def test_adapt_analyze_on_saved_models(tmp_path, capsys):
@@ -111,3 +160,99 @@ def test_training_view_draws_a_runs_router_stats(tmp_path, capsys):
     assert capsys.readouterr().out == f"picture: {tmp_path / 'out' / 'training_load.png'}\n"
     with pytest.raises(SystemExit, match="no router_stats.jsonl"):
         main(["analyze", "--run", str(tmp_path), "--output", str(tmp_path / "out")])
+
+
+def save_pair(folder):
+    """A base and a model whose layer-0 router changed, with the demo tokenizer, saved as folders."""
+    from adapt.data.tokenizer import build_demo_tokenizer
+
+    tokenizer = build_demo_tokenizer()
+    base, changed = token_only_model(), token_only_model()
+    changed.model.layers[0].mlp.gate.weight.data.normal_(0, 5.0, generator=torch.Generator().manual_seed(1))
+    for name, model in (("base", base), ("changed", changed)):
+        model.save_pretrained(folder / name)
+        tokenizer.save_pretrained(folder / name)
+    return [f"base={folder / 'base'}", f"changed={folder / 'changed'}"]
+
+
+def test_domain_specs_expand_recipes_and_benchmarks(shared):
+    from adapt_eval.routing_data import domain_texts
+
+    texts = domain_texts({"mix": "recipe:recipes/demo/sft.yaml", "math": "benchmark:gsm8k", "chat": "task:reverse"},
+                         limit=3, data_dir=str(shared / "data"))
+    assert list(texts) == ["mix/reverse", "math", "chat"] and all(len(t) == 3 for t in texts.values())
+    assert texts["math"][0].startswith("Q: Janet’s ducks lay 16 eggs per day.")
+    assert texts["mix/reverse"][0].startswith("Reverse: ")  # the user turn, then the answer
+    with pytest.raises(ValueError, match="benchmark:nope: not a task of suite olmoe-paper"):
+        domain_texts({"x": "benchmark:nope"}, 3)
+
+
+@pytest.mark.multiprocess
+def test_two_processes_count_what_one_process_counts(tmp_path):
+    import subprocess
+    import sys
+
+    models = save_pair(tmp_path)
+    common = ["analyze", "--models", *models, "--data", "reverse=task:reverse", "--texts", "12", "--batch-size", "4"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    outputs = {}
+    for procs in (1, 2):
+        out = tmp_path / f"out{procs}"
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
+                               "-m", "adapt.cli", *common, "--output", str(out)],
+                              capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outputs[procs] = json.loads((out / "analysis.json").read_text())
+    for result in outputs.values():
+        for model in result["per_model"].values():
+            model.pop("forward_seconds")
+    assert outputs[2].pop("processes") == 2 and outputs[1].pop("processes") == 1
+    assert outputs[2] == outputs[1]
+
+
+def test_an_adapter_folder_is_analysed_as_its_merged_model(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from adapt.data.tokenizer import build_demo_tokenizer
+    from adapt_eval.routing_run import analyze
+
+    tokenizer = build_demo_tokenizer()
+    token_only_model().save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["gate"], init_lora_weights=False)
+    adapted = get_peft_model(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), config)  # random A and B
+    adapted.save_pretrained(tmp_path / "adapter")
+    tokenizer.save_pretrained(tmp_path / "adapter")
+    adapted.merge_and_unload().save_pretrained(tmp_path / "merged")
+    tokenizer.save_pretrained(tmp_path / "merged")
+    models = {name: str(tmp_path / name) for name in ("base", "adapter", "merged")}
+    result = analyze(models, {"reverse": "task:reverse"}, texts_per_domain=8, log=lambda line: None)
+    assert result["saturation"]["adapter->merged"] == {0: 1.0, 1: 1.0}
+    assert min(result["saturation"]["base->adapter"].values()) < 1.0  # the adapter did move the router
+
+
+def test_report_adds_the_router_section_and_its_pictures(tmp_path):
+    from adapt.cli import main
+    from adapt_eval.routing_report import TITLE
+
+    models = save_pair(tmp_path)
+    main(["analyze", "--models", *models, "--data", "reverse=task:reverse", "--texts", "6",
+          "--output", str(tmp_path / "analysis")])
+    results = []
+    for name in ("base", "changed"):
+        record = {"model": {"path": str(tmp_path / name)}, "suite": "olmoe-paper", "headline":
+                  {"gsm8k": {"metric": "exact_match"}}, "tasks": {"gsm8k": {"scores": {"exact_match": {"value": 0.1}}}}}
+        (tmp_path / f"{name}.json").write_text(json.dumps(record))
+        results.append(str(tmp_path / f"{name}.json"))
+    main(["report", *results, "--analysis", str(tmp_path / "analysis"), "--output", str(tmp_path / "report")])
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    saturation_layers = json.loads((tmp_path / "analysis" / "analysis.json").read_text())["saturation"]
+    by_layer = saturation_layers["base->changed"]
+    assert f"## {TITLE}" in markdown and by_layer["0"] < 1.0
+    assert f"| base → changed | {by_layer['0']:.3f} | {by_layer['1']:.3f} |" in markdown
+    assert "![saturation](router/saturation.png)" in markdown
+    assert (tmp_path / "report" / "router" / "experts_changed.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"<h2>{TITLE}</h2>" in (tmp_path / "report" / "report.html").read_text()
+    with pytest.raises(SystemExit, match="no analysis.json"):
+        main(["report", *results, "--analysis", str(tmp_path), "--output", str(tmp_path / "report2")])
+    assert not (tmp_path / "report2").exists()  # refused before writing anything

@@ -24,6 +24,9 @@ BENCHMARK_DATASETS = {name: spec[0] for name, spec in HUB_BENCHMARKS.items()}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 NO_EVAL = ("No evaluation was run on this model: the run folder holds no `eval/<suite>/results.json`. Scores appear "
            "here, beside the OLMoE paper's, after `adapt eval --model {run}` and a new `adapt push`.")
+NO_ANALYSIS = ("No router analysis was run on this model: the run folder holds no `analysis/analysis.json`. "
+               "`adapt analyze --models base=BASE this={run} --data DOMAIN=SPEC --output {run}/analysis` and a new "
+               "`adapt push` add it here: how many expert choices adaptation kept, dead experts, specialization.")
 
 
 def _read(path: Path):
@@ -88,12 +91,36 @@ def write_card(run: Path, out: Path, *, repo_id: str, what: str, fingerprint: st
         sections.training_section(recipe, record),
         sections.curves_section(figures, last),
         "## Evaluation\n\n" + eval_text + "\n",
+        router_section(run, out, fingerprint) if moe_facts(config) else "",
         sections.hardware_section(record),
         sections.reproduce_section(repo_id, recipe, record),
         sections.license_section(license)])
     path = out / "README.md"
     path.write_text(f"---\n{data.to_yaml()}\n---\n\n{body}", encoding="utf-8")
     return path
+
+
+def router_section(run: Path, out: Path, fingerprint: str) -> str:
+    """"What adaptation did to the router", from the run's `analysis/analysis.json` (`adapt analyze --output
+    RUN/analysis`), with its pictures and the analysis itself under assets/router/; only when the analysis ran on
+    these very weights."""
+    import shutil
+
+    from adapt_eval import routing_report
+
+    folder = run / "analysis"
+    heading = f"## {routing_report.TITLE}\n\n"
+    if not (folder / "analysis.json").is_file():
+        return heading + NO_ANALYSIS.format(run=run) + "\n"
+    result = routing_report.read_analysis(folder)
+    analysed = [(m.get("fingerprint") or {}).get("sha256") for m in result["per_model"].values()]
+    if fingerprint not in analysed:
+        return heading + ("The run folder holds a router analysis of other weights than the ones published here (the "
+                          "run changed after it); it is left out. Run `adapt analyze` again.\n")
+    pictures = routing_report.copy_pictures(folder, result, out / "assets" / "router")
+    shutil.copy2(folder / "analysis.json", out / "assets" / "router" / "analysis.json")
+    return routing_report.router_section(result, [str(p.relative_to(out)) for p in pictures]) + \
+        "\nEvery number: `assets/router/analysis.json`.\n"
 
 
 def hub_datasets(folders: list[Path]) -> list[str]:

@@ -38,6 +38,19 @@ def _score(model_or_path, tokenizer, task, args) -> dict:
     return evaluate_task(model_or_path, tokenizer, task, n_items=args.eval_items, n_pairs=args.eval_items)
 
 
+def _analyze_router(out: Path) -> str:
+    """The router analysis of the three models on the task's prompts, kept in the DPO run folder (where the model
+    card finds it), and its section for the report."""
+    from adapt_eval.routing_report import pictures, router_section, write_analysis
+    from adapt_eval.routing_run import analyze
+
+    models = {name: str(out / name) for name in ("base", "sft", "dpo")}
+    folder = out / "dpo" / "analysis"
+    result = analyze(models, {"reverse": "task:reverse"}, texts_per_domain=64, log=lambda line: None)
+    write_analysis(result, folder)
+    return router_section(result, [str(p.relative_to(out)) for p in pictures(result, folder)])
+
+
 def run(args) -> dict:
     out = Path(args.output)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
@@ -72,10 +85,16 @@ def run(args) -> dict:
     timings["dpo_s"] = round(time.time() - t, 1)
     stages["dpo"] = _score(out / "dpo", None, task, args)
 
+    t = time.time()
+    analysis = _analyze_router(out)
+    timings["analyze_s"] = round(time.time() - t, 1)
+
     timings["total_s"] = round(time.time() - started, 1)
     report = {"task": task.name, "stages": stages, "timings": timings,
               "recipes": {"sft": args.sft, "dpo": args.dpo}}
     _, md = write_report(report, out, title="adapt demo: base → SFT → DPO")
+    with md.open("a", encoding="utf-8") as f:
+        f.write("\n" + analysis)
     print(md.read_text(encoding="utf-8"))
     print(f"report: {out / 'report.md'} and {out / 'report.json'} ({timings['total_s']} s)")
     return report

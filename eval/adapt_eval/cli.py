@@ -140,6 +140,7 @@ def report_parser() -> argparse.ArgumentParser:
     p.add_argument("--names", help="comma-separated run names (default: the model folder names)")
     p.add_argument("--output", default="report", help="folder for report.md, report.html, report.json and PNGs")
     p.add_argument("--suite", default="olmoe-paper", help="the suite whose paper rows are shown")
+    p.add_argument("--analysis", help="an `adapt analyze` output folder: adds \"What adaptation did to the router\"")
     return p
 
 
@@ -149,7 +150,7 @@ def run_report(argv) -> None:
 
     try:
         runs = load_results(args.results, args.names.split(",") if args.names else None)
-        paths = write_comparison(runs, args.output, args.suite)
+        paths = write_comparison(runs, args.output, args.suite, args.analysis)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     for path in paths:
@@ -158,14 +159,24 @@ def run_report(argv) -> None:
 
 def analyze_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="adapt analyze", description="What adaptation did to the router: each model's "
-                                "routing on the same tokens (load, dead experts, co-activation, domain shares) and "
-                                "the router saturation between them (eval/adapt_eval/routing.py).")
+                                "routing on the same tokens (load, dead experts, co-activation, domain and vocabulary "
+                                "specialization) and the router saturation between them (eval/adapt_eval/routing.py). "
+                                "Several processes: accelerate launch -m adapt.cli analyze ...")
     p.add_argument("--models", nargs="+", default=[], metavar="NAME=PATH", help="e.g. base=runs/demo/base "
-                   "sft=runs/demo/sft dpo=runs/demo/dpo (in order: saturation is taken between neighbours)")
+                   "sft=runs/demo/sft dpo=runs/demo/dpo (in order: saturation is taken between neighbours); model "
+                   "folders, Hub ids or LoRA adapter folders")
     p.add_argument("--data", nargs="+", default=[], metavar="DOMAIN=SPEC",
-                   help="domain samples: task:NAME (a built-in task's prompts) or a JSONL file of prompts")
+                   help="domain samples: task:NAME (a built-in task), benchmark:TASK (an evaluation benchmark's "
+                   "prompts), suite:NAME (each benchmark of a suite), recipe:PATH (each source of a recipe's mixture) "
+                   "or a JSONL file of prompts")
     p.add_argument("--run", help="a training run folder: draw its experts' load over the steps (router_stats.jsonl)")
     p.add_argument("--texts", type=int, default=64, help="texts per domain (default 64)")
+    p.add_argument("--max-length", type=int, default=512, help="tokens per text at most (default 512)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--data-dir", help="local benchmark files for benchmark:/suite: (as adapt eval --data-dir)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="auto: bfloat16 on GPU, float32 on CPU")
+    p.add_argument("--device-map", help="auto: spread a model too large for one device (accelerate), one process")
     p.add_argument("--output", required=True, help="folder for analysis.json and the pictures")
     return p
 
@@ -192,18 +203,21 @@ def run_analyze(argv) -> None:
             if not sep or not name or not value:
                 sys.exit(f"error: {flag} {item}: expected NAME=VALUE")
             pairs.setdefault(flag, {})[name] = value
-    from adapt_eval.routing import analyze
+    from adapt_eval.routing_run import analyze
 
     try:
-        result = analyze(pairs["--models"], pairs["--data"], args.texts)
+        result = analyze(pairs["--models"], pairs["--data"], args.texts, args.batch_size, args.max_length,
+                         args.data_dir, args.dtype, args.device_map)
     except (ValueError, OSError, KeyError) as e:
         sys.exit(f"error: {' '.join(str(e).split())}")
-    from adapt_eval.routing_plots import plot_analysis
+    from adapt_eval.routing_run import analysis_state
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "analysis.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    for picture in plot_analysis(json.loads((out / "analysis.json").read_text()), out):
-        print(f"picture: {picture}")
+    if not analysis_state().is_main_process:
+        return
+    from adapt_eval.routing_report import write_analysis
+
+    for path in write_analysis(result, out)[1:]:
+        print(f"picture: {path}")
     for pair, layers in result["saturation"].items():
         print(f"saturation {pair}: " + "  ".join(f"layer {n}: {v:.3f}" for n, v in layers.items()))
     print(f"analysis: {out / 'analysis.json'}")

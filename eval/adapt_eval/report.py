@@ -139,13 +139,26 @@ paper, Table 5.</p><table><tr><th>run</th>{head}</tr>
 """
 
 
-def write_comparison(runs: list[Run], folder: str | Path, suite_ref: str = "olmoe-paper") -> list[Path]:
+def write_comparison(runs: list[Run], folder: str | Path, suite_ref: str = "olmoe-paper",
+                     analysis: str | Path | None = None) -> list[Path]:
+    """The report files; with `analysis` (an `adapt analyze` output folder), also the router section and its
+    pictures (copied into `router/`)."""
+    from adapt_eval import routing_report
+
     folder = Path(folder)
+    result = routing_report.read_analysis(analysis) if analysis else None  # a wrong folder fails before writing
     folder.mkdir(parents=True, exist_ok=True)
     comp = comparison(runs, suite_ref)
     charts = render_charts(comp, folder)
-    outputs = {"report.md": render_markdown(comp), "report.html": render_html(comp, charts),
-               "report.json": json.dumps(comp, indent=2) + "\n"}
+    markdown, page = render_markdown(comp), render_html(comp, charts)
+    if result is not None:
+        source = Path(analysis) if Path(analysis).is_dir() else Path(analysis).parent
+        pictures = routing_report.copy_pictures(source, result, folder / "router")
+        markdown += "\n" + routing_report.router_section(result, [str(p.relative_to(folder)) for p in pictures])
+        page = page.replace("</body>", routing_report.router_html(result, pictures) + "</body>")
+        charts += pictures
+        comp["router"] = {"analysis": str(analysis), "saturation": result["saturation"]}
+    outputs = {"report.md": markdown, "report.html": page, "report.json": json.dumps(comp, indent=2) + "\n"}
     for name, text in outputs.items():
         (folder / name).write_text(text, encoding="utf-8")
     return [folder / n for n in outputs] + charts

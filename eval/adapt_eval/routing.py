@@ -1,17 +1,21 @@
 """What adaptation did to the router: routing statistics of one or more models on the same tokens, streamed.
 
 The metrics are the OLMoE paper's analysis (arXiv 2409.02060, section 5), per MoE layer:
-- load: tokens routed to each expert (each token counts once for each of its k experts), the max/min ratio, and the
-  dead experts (none of the tokens);
+- load: tokens routed to each expert (each token counts once for each of its k experts), the max/min ratio, the
+  entropy of the load distribution over experts divided by log E (1.0: every expert equally loaded), and the dead
+  experts (none of the tokens);
 - domain specialization: the share of a domain's tokens routed to each expert; the shares sum to k, and a router
   that ignores the domain gives k/E to every expert;
+- vocabulary specialization: for a token id x and expert e, the share of x's occurrences routed to e; per expert,
+  the token ids with the highest share (among those seen at least `min_count` times);
 - co-activation: P(j | i), the share of the tokens routed to expert i that were also routed to expert j;
 - router saturation between two models on the same tokens: the mean over tokens of |top-k(A) ∩ top-k(B)| / k, which
-  is 1.0 for a model against itself.
+  is 1.0 for a model against itself and k/E on average for two unrelated routers.
 
 The routing is the model's own: the experts each router module returned (`adapt.trainers.router.router_modules`),
-recorded by forward hooks, under the model's own layer numbers. Nothing is kept but counts: a batch's choices are
-folded into the totals and dropped, so the memory does not grow with the number of tokens.
+recorded by forward hooks, under the model's own layer numbers. Nothing grows with the number of tokens but what
+the saturation needs: a batch's choices are folded into counts and dropped, except the choices of the first and the
+previous model (L x k bytes per token each), which the next model is compared with.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ class RoutingRecorder:
 
     def __enter__(self):
         for layer, module in router_modules(find_backbone(self.model)):
-            self._handles.append(module.register_forward_hook(
+            self._handles.append(module.register_forward_hook(  # output: (logits [T, E], weights, indices [T, K])
                 lambda m, args, out, layer=layer: self.choices.__setitem__(layer, out[2].detach())))
         return self
 
@@ -47,41 +51,106 @@ class RoutingTotals:
     """Counts of one model's routing, accumulated over batches (real tokens only)."""
 
     num_experts: int
+    vocab_size: int
     tokens: int = 0
     load: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [E] assignments
     coactivation: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [E, E] tokens routed to both
     domain_load: dict[str, dict[int, torch.Tensor]] = field(default_factory=lambda: defaultdict(dict))
     domain_tokens: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    # Vocabulary counts only for the token ids seen: row r is token id row_tokens[r] (a text sample uses a small
+    # part of a 50k vocabulary, and [V, E] per layer would be 200 MB at OLMoE's size).
+    row_tokens: list[int] = field(default_factory=list)
+    token_counts_R: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+    vocab_load: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [R, E] occurrences routed to e
 
-    def add(self, choices: dict[int, torch.Tensor], mask_T: torch.Tensor, domain: str) -> None:
+    def __post_init__(self):
+        self._row_of = torch.full((self.vocab_size,), -1, dtype=torch.int64)
+
+    def _rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Each token id's row, adding rows for ids not seen before."""
+        new = ids.unique()[self._row_of[ids.unique()] < 0]
+        if len(new):
+            self._row_of[new] = torch.arange(len(self.row_tokens), len(self.row_tokens) + len(new))
+            self.row_tokens += new.tolist()
+            grow = len(self.row_tokens) - len(self.token_counts_R)
+            self.token_counts_R = torch.cat([self.token_counts_R, torch.zeros(grow, dtype=torch.int64)])
+            for layer, counts in self.vocab_load.items():
+                self.vocab_load[layer] = torch.cat([counts, torch.zeros(grow, self.num_experts, dtype=torch.int64)])
+        return self._row_of[ids]
+
+    def add(self, choices: dict[int, torch.Tensor], mask_T: torch.Tensor, domain: str, ids_T: torch.Tensor) -> None:
         """Fold one forward's choices (layer -> [T, K] indices over the flattened batch) into the totals."""
         real = mask_T.reshape(-1).bool()
+        rows_T = self._rows(ids_T.reshape(-1)[real].cpu())
         count = int(real.sum())
         self.tokens += count
         self.domain_tokens[domain] += count
+        self.token_counts_R.index_add_(0, rows_T, torch.ones_like(rows_T))
         for layer, index_TK in choices.items():
-            index_TK = index_TK.reshape(real.shape[0], -1)[real.to(index_TK.device)].cpu()
+            index_TK = index_TK.reshape(real.shape[0], -1)[real.to(index_TK.device)].cpu().long()
             onehot_TE = torch.zeros(index_TK.shape[0], self.num_experts, dtype=torch.int64)
             onehot_TE.scatter_(1, index_TK, 1)
-            per_expert = onehot_TE.sum(0)
-            self.load[layer] = self.load.get(layer, 0) + per_expert
-            self.coactivation[layer] = self.coactivation.get(layer, 0) + onehot_TE.T @ onehot_TE
-            self.domain_load[domain][layer] = self.domain_load[domain].get(layer, 0) + per_expert
+            self._fold(layer, domain, onehot_TE.sum(0), onehot_TE.T @ onehot_TE, onehot_TE, rows_T)
 
-    def summary(self) -> dict[int, dict]:
+    def _fold(self, layer, domain, per_expert_E, co_EE, onehot_TE=None, rows_T=None, vocab_RE=None) -> None:
+        self.load[layer] = self.load.get(layer, 0) + per_expert_E
+        self.coactivation[layer] = self.coactivation.get(layer, 0) + co_EE
+        if domain is not None:
+            self.domain_load[domain][layer] = self.domain_load[domain].get(layer, 0) + per_expert_E
+        vocab = self.vocab_load.setdefault(layer, torch.zeros(len(self.row_tokens), self.num_experts,
+                                                              dtype=torch.int64))
+        if onehot_TE is not None:
+            vocab.index_add_(0, rows_T, onehot_TE)
+        else:
+            vocab += vocab_RE
+
+    def merge(self, other: RoutingTotals) -> None:
+        """Add another process's totals (the same model on other batches) into these."""
+        rows_R = self._rows(torch.tensor(other.row_tokens, dtype=torch.int64))
+        self.tokens += other.tokens
+        self.token_counts_R.index_add_(0, rows_R, other.token_counts_R)
+        for domain, n in other.domain_tokens.items():
+            self.domain_tokens[domain] += n
+            for layer, per_expert_E in other.domain_load[domain].items():
+                self.domain_load[domain][layer] = self.domain_load[domain].get(layer, 0) + per_expert_E
+        for layer in other.load:
+            vocab_RE = torch.zeros(len(self.row_tokens), self.num_experts, dtype=torch.int64)
+            vocab_RE.index_add_(0, rows_R, other.vocab_load[layer])
+            self._fold(layer, None, other.load[layer], other.coactivation[layer], vocab_RE=vocab_RE)
+
+    def summary(self, top_tokens: int = 5, min_count: int = 2) -> dict[int, dict]:
         out = {}
         for layer in sorted(self.load):
             load_E = self.load[layer].double()
+            share_E = load_E / load_E.sum().clamp(min=1)
+            entropy = -(share_E[share_E > 0] * share_E[share_E > 0].log()).sum() / torch.log(torch.tensor(
+                float(self.num_experts)))
             co_EE = self.coactivation[layer].double()
             out[layer] = {
                 "load": self.load[layer].tolist(),
                 "load_ratio": (load_E.max() / load_E.min().clamp(min=1)).item(),
+                "load_entropy": entropy.item(),
                 "dead_experts": [e for e in range(self.num_experts) if self.load[layer][e] == 0],
                 "coactivation": (co_EE / load_E.clamp(min=1)[:, None]).tolist(),  # row i: P(j | i)
                 "domains": {d: (loads[layer].double() / max(self.domain_tokens[d], 1)).tolist()
                             for d, loads in sorted(self.domain_load.items())},
+                "vocabulary": self._top_tokens(layer, top_tokens, min_count),
             }
         return out
+
+    def _top_tokens(self, layer: int, top: int, min_count: int) -> list[list[dict]]:
+        """Per expert, the token ids with the highest share of their occurrences routed to it (ties: the more
+        frequent first); only ids seen at least `min_count` times, so one occurrence does not read as 100%."""
+        frequent = (self.token_counts_R >= min_count).nonzero().reshape(-1)
+        counts_RE = self.vocab_load[layer][frequent].double()
+        share_RE = counts_RE / self.token_counts_R[frequent].double()[:, None]
+        experts = []
+        for e in range(self.num_experts):
+            key = share_RE[:, e] * 1e9 + self.token_counts_R[frequent].double()  # share first, then frequency
+            best = [int(r) for r in key.argsort(descending=True)[:top] if counts_RE[r, e] > 0]
+            experts.append([{"id": self.row_tokens[int(frequent[r])], "count": int(counts_RE[r, e]),
+                             "share": share_RE[r, e].item()} for r in best])
+        return experts
 
 
 def saturation(choices_a: dict[int, torch.Tensor], choices_b: dict[int, torch.Tensor],
@@ -97,77 +166,10 @@ def saturation(choices_a: dict[int, torch.Tensor], choices_b: dict[int, torch.Te
     return out
 
 
-# ---- a whole analysis: several models, the same tokens ----------------------------------------------------------
-
-def domain_texts(spec: str, limit: int) -> list[str]:
-    """The user prompts of a domain sample: `task:NAME` (a built-in task's held-out prompts) or a JSONL file whose
-    rows carry `prompt`, `text`, `instruction` or `messages` (its user turns)."""
-    import json
-    from pathlib import Path
-
-    if spec.startswith("task:"):
-        from adapt.tasks import get_task
-
-        return [item.prompt for item in get_task(spec[5:]).items("test", limit)]
-    texts = []
-    for n, line in enumerate(Path(spec).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        text = row.get("prompt") or row.get("text") or row.get("instruction") or " ".join(
-            m.get("content", "") for m in row.get("messages", []) if m.get("role") == "user")
-        if not isinstance(text, str) or not text:
-            raise ValueError(f"{spec}: line {n}: no prompt, text, instruction or user message")
-        texts.append(text)
-        if len(texts) >= limit:
-            break
-    return texts
-
-
-def analyze(models: dict[str, str], domains: dict[str, str], texts_per_domain: int = 64, batch_size: int = 8,
-            max_length: int = 256) -> dict:
-    """Routing of each model (name -> folder or Hub id) on the same tokens of each domain (name -> spec), and the
-    router saturation between consecutive models and between the first and the last. One model is loaded at a time;
-    its choices are kept as small integers (layers x tokens x k) for the saturation, never its logits."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from adapt.config.families import family, unsupported
-
-    names = list(models)
-    tokenizer = AutoTokenizer.from_pretrained(models[names[0]])
-    tokenizer.padding_side = "right"
-    batches = []  # (domain, input_ids, attention_mask)
-    for domain, spec in domains.items():
-        texts = domain_texts(spec, texts_per_domain)
-        for start in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, truncation=True,
-                            max_length=max_length)
-            batches.append((domain, enc["input_ids"], enc["attention_mask"]))
-    results, kept = {}, {}
-    for name in names:
-        model = AutoModelForCausalLM.from_pretrained(models[name]).eval()
-        text_config = model.config.get_text_config()
-        f = family(text_config.model_type)
-        if f is None:
-            raise ValueError(f"--models {name}={models[name]}: {unsupported(text_config.model_type)}")
-        totals = RoutingTotals(num_experts=getattr(text_config, f.experts_attr))
-        kept[name] = []
-        for domain, ids, mask in batches:
-            with RoutingRecorder(model) as recorder, torch.no_grad():
-                model(input_ids=ids, attention_mask=mask)
-            totals.add(recorder.choices, mask, domain)
-            kept[name].append({layer: c.to(torch.int16) for layer, c in recorder.choices.items()})
-        results[name] = {"tokens": totals.tokens, "layers": totals.summary()}
-        del model
-    pairs = list(zip(names, names[1:])) + ([(names[0], names[-1])] if len(names) > 2 else [])
-    saturations = {}
-    for a, b in pairs:
-        sums: dict[int, list[float]] = {}
-        for (_, _, mask), ca, cb in zip(batches, kept[a], kept[b]):
-            for layer, (total, n) in saturation(ca, cb, mask).items():
-                acc = sums.setdefault(layer, [0.0, 0])
-                acc[0] += total
-                acc[1] += n
-        saturations[f"{a}->{b}"] = {layer: total / max(n, 1) for layer, (total, n) in sorted(sums.items())}
-    return {"models": models, "domains": domains, "texts_per_domain": texts_per_domain, "per_model": results,
-            "saturation": saturations}
+def chance(result: dict) -> float | None:
+    """k/E: what two unrelated routers share on average (from a model's loads: k assignments per token)."""
+    for model in result["per_model"].values():
+        for layer in model["layers"].values():
+            if model["tokens"]:
+                return sum(layer["load"]) / model["tokens"] / len(layer["load"])
+    return None

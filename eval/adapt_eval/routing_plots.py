@@ -2,8 +2,11 @@
 
 - `saturation.png`: the router saturation per layer for each pair of models. A bar near 1 means the routing was
   kept; k/E (the dashed line) is what two unrelated routings share by chance.
-- `experts_<model>.png`: the expert x domain share of each model's last MoE layer. A dark column is an expert that
-  takes a domain's tokens; a blank one is a dead expert; uniform grey is a router that ignores the domain.
+- `experts_<model>.png`, three panels: each layer's expert load against its fair share (blue cells are starved
+  experts, dark blue dead ones: a collapsed router shows as a row of blue with one or two red cells); the expert x
+  domain share of the last MoE layer (a dark column is an expert that takes a domain's tokens, uniform grey a router
+  that ignores the domain); and that layer's co-activation P(j | i) (dark off-diagonal cells are experts chosen
+  together).
 - `training_load.png` (from a run's `router_stats.jsonl`): each expert's share of the tokens per layer over the
   training steps. Lines that fan out to 0 and to the top are a routing collapse happening during training.
 """
@@ -12,6 +15,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from adapt_eval.routing import chance
 
 
 def _pyplot():
@@ -35,36 +40,45 @@ def plot_analysis(result: dict, folder: Path) -> list[Path]:
         for i, pair in enumerate(pairs):
             values = [result["saturation"][pair].get(n, result["saturation"][pair].get(str(n))) for n in layers]
             ax.bar([n + i * width for n in layers], values, width, label=pair)
-        chance = _chance(result)
-        if chance is not None:
-            ax.axhline(chance, color="grey", ls="--", lw=1, label=f"chance (k/E = {chance:.2f})")
+        k_over_e = chance(result)
+        if k_over_e is not None:
+            ax.axhline(k_over_e, color="grey", ls="--", lw=1, label=f"chance (k/E = {k_over_e:.2f})")
         ax.set(xlabel="layer", ylabel="saturation", ylim=(0, 1.05), title="router saturation between models")
         ax.set_xticks([n + width * (len(pairs) - 1) / 2 for n in layers], [str(n) for n in layers])
         ax.legend(fontsize=7)
         fig.tight_layout()
         written.append(_save(fig, folder / "saturation.png", plt))
     for name, model in result["per_model"].items():
-        layers = model["layers"]
-        last_layer = max(layers, key=int)
-        last = layers[last_layer]
-        domains = sorted(last["domains"])
-        fig, ax = plt.subplots(figsize=(6, 1 + 0.4 * len(domains)), dpi=100)
-        image = ax.imshow([last["domains"][d] for d in domains], aspect="auto", cmap="Greys", vmin=0)
-        ax.set(xlabel="expert", title=f"{name}: share of each domain's tokens per expert (layer {last_layer})")
-        ax.set_yticks(range(len(domains)), domains)
-        fig.colorbar(image, ax=ax)
-        fig.tight_layout()
-        written.append(_save(fig, folder / f"experts_{name}.png", plt))
+        written.append(_save(_model_figure(plt, name, model), folder / f"experts_{name}.png", plt))
     return written
 
 
-def _chance(result: dict) -> float | None:
-    """k/E from a model's loads (each token counts once for each of its k experts)."""
-    for model in result["per_model"].values():
-        for layer in model["layers"].values():
-            if model["tokens"]:
-                return sum(layer["load"]) / model["tokens"] / len(layer["load"])
-    return None
+def _model_figure(plt, name: str, model: dict):
+    """Three panels: every layer's load against uniform (collapse at a glance), the last layer's expert x domain
+    shares, and its co-activation P(j | i)."""
+    import numpy as np
+
+    layers = sorted(model["layers"], key=int)
+    last = model["layers"][layers[-1]]
+    experts = len(last["load"])
+    load = np.array([model["layers"][n]["load"] for n in layers], dtype=float)
+    relative = load / np.maximum(load.sum(1, keepdims=True), 1) * experts  # 1.0: the expert's fair share
+    domains = sorted(last["domains"])
+    fig, axes = plt.subplots(1, 3, figsize=(15, 1.5 + 0.35 * max(len(layers), len(domains), 6)), dpi=100)
+    image = axes[0].imshow(relative, aspect="auto", cmap="RdBu_r", vmin=0, vmax=2)
+    axes[0].set(xlabel="expert", ylabel="layer", title="load / fair share (white 1, blue 0 = dead)")
+    axes[0].set_yticks(range(len(layers)), layers)
+    fig.colorbar(image, ax=axes[0])
+    image = axes[1].imshow([last["domains"][d] for d in domains], aspect="auto", cmap="Greys", vmin=0)
+    axes[1].set(xlabel="expert", title=f"share of each domain's tokens (layer {layers[-1]})")
+    axes[1].set_yticks(range(len(domains)), domains)
+    fig.colorbar(image, ax=axes[1])
+    image = axes[2].imshow(last["coactivation"], cmap="Greys", vmin=0, vmax=1)
+    axes[2].set(xlabel="expert j", ylabel="expert i", title=f"co-activation P(j | i) (layer {layers[-1]})")
+    fig.colorbar(image, ax=axes[2])
+    fig.suptitle(f"{name}: routing on {model['tokens']:,} tokens", fontsize=11)
+    fig.tight_layout()
+    return fig
 
 
 def plot_training_load(run_dir: Path, folder: Path) -> Path:
