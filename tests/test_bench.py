@@ -44,3 +44,19 @@ def test_experts_memory_counts_less_saved_activation_for_the_fused_path(tmp_path
     assert by_hand <= rows["adapt_fused"]["bytes_per_token_layer"] < 1.01 * by_hand
     # stock also keeps the SwiGLU's temporaries and the down projection's output for the weighting
     assert rows["grouped_mm"]["bytes_per_token_layer"] > by_hand + 8 * 2048 * 2
+
+
+def test_router_analysis_keeps_counts_that_do_not_grow_with_the_tokens(tmp_path):
+    out = tmp_path / "analysis.json"
+    run_bench("router_analysis.py", "--shape", "demo", "--batches", "2", "--batch", "2", "--seq", "32",
+              "--json", str(out))
+    result = json.loads(out.read_text())
+    assert {"device", "torch", "command", "peak_rss_mib"} <= result.keys()
+    small, large = result["results"]
+    assert (small["tokens"], large["tokens"]) == (128, 256)
+    # The saturation's kept choices: L x k bytes per token (2 layers x top-2 = 4 bytes), and nothing else grows
+    # but one vocabulary row per new token id.
+    assert small["kept_choices_mib"] * 2**20 == 4 * 128 and large["kept_choices_mib"] * 2**20 == 4 * 256
+    row_bytes = 2 * 8 * 8 + 8  # per layer E int64 counts, plus the id's occurrence count
+    grown = (large["counts_mib"] - small["counts_mib"]) * 2**20
+    assert grown == row_bytes * (large["vocab_rows"] - small["vocab_rows"])
