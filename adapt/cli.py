@@ -44,6 +44,10 @@ COMMANDS = (
             "adapt.stages.demo:parser", "adapt.stages.demo:main"),
     Command("push", "RUN_DIR --repo-id ORG/NAME [--dry-run OUT] [--force]", "publish a run folder to the Hub",
             "adapt.hub.push:parser", "adapt.hub.push:main"),
+    Command("export gguf", "RUN_DIR --outfile F.gguf [--type auto|f32|f16|bf16|q8_0]", "one GGUF file for llama.cpp",
+            "adapt.export.cli:gguf_parser", "adapt.export.cli:export_gguf_main"),
+    Command("export ollama", "RUN_DIR --output DIR [--type ...]", "a GGUF and a Modelfile for Ollama",
+            "adapt.export.cli:ollama_parser", "adapt.export.cli:export_ollama_main"),
 )
 
 

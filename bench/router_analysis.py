@@ -1,5 +1,6 @@
-"""The cost of the router analysis (`adapt analyze`): tokens/s of its forward passes with the routing recorded and
-folded into the counts, against the same forward passes without (the stock path, measured in the same run), and
+"""The cost of the router analysis (`adapt analyze`): tokens/s of its forward passes (the decoder only, with the
+routing recorded and folded into the counts) against plain forwards of the whole model (the stock path, measured in
+the same run, on the same batches), and
 the memory the analysis keeps, at two token counts to show what grows and what does not.
 
     python bench/router_analysis.py [--shape demo|olmoe-1b-7b] [--layers N] [--batches 8] [--seq 256] [--json OUT]
@@ -56,8 +57,8 @@ def measure(model, config, batches: int, batch: int, seq: int) -> dict:
             started = time.perf_counter()
             model(input_ids=ids, attention_mask=mask)
             middle = time.perf_counter()
-            with RoutingRecorder(model) as recorder:
-                model(input_ids=ids, attention_mask=mask)
+            with RoutingRecorder(model) as recorder:  # as adapt analyze runs: the decoder only, no LM head
+                model.model(input_ids=ids, attention_mask=mask)
             totals.add(recorder.choices, mask, "d", ids)
             kept.append({layer: c.to(torch.uint8) for layer, c in recorder.choices.items()})
             ended = time.perf_counter()

@@ -57,6 +57,6 @@ def test_router_analysis_keeps_counts_that_do_not_grow_with_the_tokens(tmp_path)
     # The saturation's kept choices: L x k bytes per token (2 layers x top-2 = 4 bytes), and nothing else grows
     # but one vocabulary row per new token id.
     assert small["kept_choices_mib"] * 2**20 == 4 * 128 and large["kept_choices_mib"] * 2**20 == 4 * 256
-    row_bytes = 2 * 8 * 8 + 8  # per layer E int64 counts, plus the id's occurrence count
+    row_bytes = 2 * 8 * 4 + 8  # per layer E int32 counts, plus the id's int64 occurrence count
     grown = (large["counts_mib"] - small["counts_mib"]) * 2**20
     assert grown == row_bytes * (large["vocab_rows"] - small["vocab_rows"])

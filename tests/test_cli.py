@@ -32,9 +32,9 @@ def adapt(*args, code=""):
 
 
 @pytest.mark.parametrize("command", ["sft", "dpo", "check", "data", "eval", "eval score", "report", "analyze", "demo",
-                                     "push"])
+                                     "push", "export gguf", "export ollama"])
 def test_help_loads_no_heavy_library(command):
-    heavy = ("torch", "transformers", "trl", "lm_eval", "datasets", "deepspeed")
+    heavy = ("torch", "transformers", "trl", "lm_eval", "datasets", "deepspeed", "gguf", "llama_cpp")
     run = adapt(*command.split(), "--help", code=f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
     assert run.returncode == 0, run.stderr
     assert f"usage: adapt {command}" in run.stdout
@@ -53,4 +53,4 @@ def test_unknown_command_is_one_line():
     run = adapt("trian")
     assert run.returncode == 1 and run.stdout == ""
     assert run.stderr == ("error: unknown command 'trian'; one of: analyze, check, data, demo, dpo, eval, eval score, "
-                          "push, report, sft\n")
+                          "export gguf, export ollama, push, report, sft\n")

@@ -33,7 +33,38 @@ def test_demo_pipeline_shows_sft_and_dpo_gains(tmp_path):
     assert (tmp_path / "repo" / "assets" / "router" / "saturation.png").is_file()
     for stage in ("base", "sft", "dpo"):
         assert (out / stage / "config.json").exists()
+    check_exports(out, tmp_path)
     # a second run refuses to replace the first
     again = subprocess.run([sys.executable, "-m", "adapt.cli", "demo", "--output", str(out)], cwd=REPO,
                            capture_output=True, text=True, timeout=120)
     assert again.returncode != 0 and "--overwrite" in again.stderr
+
+
+def check_exports(out, tmp_path):
+    """The demo's SFT and DPO models run in llama.cpp as in transformers (f32 export), and the Ollama folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from adapt.export import check as lc
+
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[gguf]')")
+    for stage in ("sft", "dpo"):
+        gguf = tmp_path / f"{stage}.gguf"
+        done = subprocess.run([sys.executable, "-m", "adapt.cli", "export", "gguf", str(out / stage), "--outfile",
+                               str(gguf)], cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        tokenizer = AutoTokenizer.from_pretrained(out / stage)
+        model = AutoModelForCausalLM.from_pretrained(out / stage).eval()
+        llm = lc.open_gguf(gguf)
+        try:
+            assert lc.tokenization_differences(tokenizer, llm) == []
+            prompt = tokenizer.apply_chat_template(lc.CONVERSATION, tokenize=False, add_generation_prompt=True)
+            assert lc.chat_prompt(llm, lc.CONVERSATION) == prompt
+            assert lc.logits_difference(model, tokenizer, llm)[0] < 1e-4
+            ours, theirs = lc.greedy(model, tokenizer, llm, prompt)
+            assert ours == theirs
+        finally:
+            llm.close()
+    done = subprocess.run([sys.executable, "-m", "adapt.cli", "export", "ollama", str(out / "dpo"), "--output",
+                           str(tmp_path / "ollama")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ollama create dpo -f" in done.stdout and (tmp_path / "ollama" / "model.gguf").is_file()

@@ -22,7 +22,7 @@ LAYERS = [
     {"adapt.data", "adapt.model", "adapt.losses"},
     {"adapt.trainers"},
     {"adapt_eval"},
-    {"adapt.hub"},
+    {"adapt.hub", "adapt.export"},
     {"adapt.stages"},
     {"adapt.cli"},
 ]

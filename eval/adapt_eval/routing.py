@@ -57,11 +57,11 @@ class RoutingTotals:
     coactivation: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [E, E] tokens routed to both
     domain_load: dict[str, dict[int, torch.Tensor]] = field(default_factory=lambda: defaultdict(dict))
     domain_tokens: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    # Vocabulary counts only for the token ids seen: row r is token id row_tokens[r] (a text sample uses a small
-    # part of a 50k vocabulary, and [V, E] per layer would be 200 MB at OLMoE's size).
+    # Vocabulary counts only for the token ids seen: row r is token id row_tokens[r]. A sample uses a part of the
+    # vocabulary; the bound, every id seen, is V x L x E x 4 bytes (OLMoE-1B-7B: 206 MB), whatever the tokens.
     row_tokens: list[int] = field(default_factory=list)
     token_counts_R: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
-    vocab_load: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [R, E] occurrences routed to e
+    vocab_load: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [R, E] int32: occurrences to e
 
     def __post_init__(self):
         self._row_of = torch.full((self.vocab_size,), -1, dtype=torch.int64)
@@ -75,7 +75,7 @@ class RoutingTotals:
             grow = len(self.row_tokens) - len(self.token_counts_R)
             self.token_counts_R = torch.cat([self.token_counts_R, torch.zeros(grow, dtype=torch.int64)])
             for layer, counts in self.vocab_load.items():
-                self.vocab_load[layer] = torch.cat([counts, torch.zeros(grow, self.num_experts, dtype=torch.int64)])
+                self.vocab_load[layer] = torch.cat([counts, torch.zeros(grow, self.num_experts, dtype=torch.int32)])
         return self._row_of[ids]
 
     def add(self, choices: dict[int, torch.Tensor], mask_T: torch.Tensor, domain: str, ids_T: torch.Tensor) -> None:
@@ -98,9 +98,9 @@ class RoutingTotals:
         if domain is not None:
             self.domain_load[domain][layer] = self.domain_load[domain].get(layer, 0) + per_expert_E
         vocab = self.vocab_load.setdefault(layer, torch.zeros(len(self.row_tokens), self.num_experts,
-                                                              dtype=torch.int64))
+                                                              dtype=torch.int32))
         if onehot_TE is not None:
-            vocab.index_add_(0, rows_T, onehot_TE)
+            vocab.index_add_(0, rows_T, onehot_TE.to(torch.int32))
         else:
             vocab += vocab_RE
 
@@ -114,7 +114,7 @@ class RoutingTotals:
             for layer, per_expert_E in other.domain_load[domain].items():
                 self.domain_load[domain][layer] = self.domain_load[domain].get(layer, 0) + per_expert_E
         for layer in other.load:
-            vocab_RE = torch.zeros(len(self.row_tokens), self.num_experts, dtype=torch.int64)
+            vocab_RE = torch.zeros(len(self.row_tokens), self.num_experts, dtype=torch.int32)
             vocab_RE.index_add_(0, rows_R, other.vocab_load[layer])
             self._fold(layer, None, other.load[layer], other.coactivation[layer], vocab_RE=vocab_RE)
 

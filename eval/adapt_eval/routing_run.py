@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from adapt.trainers.router import find_backbone
 from adapt_eval.routing import RoutingRecorder, RoutingTotals, saturation
 from adapt_eval.routing_data import domain_texts
 
@@ -91,11 +92,12 @@ def analyze(models: dict[str, str], domains: dict[str, str], texts_per_domain: i
         num_experts, vocab_size = _check_moe(name, models[name], model)
         totals[name] = RoutingTotals(num_experts=num_experts, vocab_size=max(vocab_size, len(tokenizer)))
         small = torch.uint8 if num_experts <= 256 else torch.int16  # expert ids, kept for the saturation
+        backbone = find_backbone(model)
         current, started = [], time.perf_counter()
         for i in mine:
             domain, ids, mask = batches[i]
-            with RoutingRecorder(model) as recorder, torch.no_grad():
-                model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device))
+            with RoutingRecorder(model) as recorder, torch.no_grad():  # the decoder only: no LM head, no logits
+                backbone(input_ids=ids.to(model.device), attention_mask=mask.to(model.device))
             totals[name].add(recorder.choices, mask, domain, ids)
             current.append({layer: c.to(small).cpu() for layer, c in recorder.choices.items()})
         if position:  # against the previous model and the first (a dict: the same pair once)

@@ -1,0 +1,63 @@
+"""`adapt export gguf` and `adapt export ollama`: thin command lines over gguf_file and ollama."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from adapt.export.architectures import ExportError
+
+TYPE_HELP = ("auto (the weights' own dtype: lossless), f32, f16, bf16 or q8_0; norms and the router stay f32, as in "
+             "llama.cpp's converter")
+
+
+def gguf_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="adapt export gguf", description="Write a run folder as one GGUF file for "
+                                "llama.cpp (a LoRA run is merged into its base first).")
+    p.add_argument("run_dir", help="a folder written by `adapt sft|dpo`")
+    p.add_argument("--outfile", required=True, help="the .gguf file to write")
+    p.add_argument("--type", default="auto", help=TYPE_HELP)
+    p.add_argument("--force", action="store_true", help="replace an existing --outfile")
+    p.add_argument("--check", action="store_true", help="load the file in llama.cpp (llama-cpp-python) and compare "
+                   "tokenization, logits, a greedy continuation and the chat prompt with transformers")
+    return p
+
+
+def ollama_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="adapt export ollama", description="Write a run folder as an Ollama model: "
+                                "model.gguf and a Modelfile with the run's chat template and EOS.")
+    p.add_argument("run_dir", help="a folder written by `adapt sft|dpo`")
+    p.add_argument("--output", required=True, help="a new (or empty) folder")
+    p.add_argument("--type", default="auto", help=TYPE_HELP)
+    p.add_argument("--name", help="the name in the printed `ollama create` command (default: the run folder's)")
+    return p
+
+
+def export_gguf_main(argv=None) -> None:
+    args = gguf_parser().parse_args(argv)
+    from adapt.export.gguf_file import export_gguf
+
+    try:
+        done = export_gguf(args.run_dir, args.outfile, args.type, force=args.force)
+    except ExportError as e:
+        sys.exit(f"error: {e}")
+    print(f"wrote {done.path} ({done.type}, {done.tensors} tensors, {done.bytes / 2**20:.1f} MiB) in "
+          f"{done.seconds:.1f} s")
+    if args.check:
+        try:
+            from adapt.export.check import check_gguf
+        except ImportError:
+            sys.exit("error: --check needs llama-cpp-python: pip install 'adapt[gguf]' (it builds llama.cpp)")
+        for line in check_gguf(args.run_dir, done.path).lines():
+            print(f"  {line}")
+
+
+def export_ollama_main(argv=None) -> None:
+    args = ollama_parser().parse_args(argv)
+    from adapt.export.ollama import export_ollama
+
+    try:
+        done = export_ollama(args.run_dir, args.output, args.type, args.name)
+    except ExportError as e:
+        sys.exit(f"error: {e}")
+    print(f"wrote {done.gguf} and {done.modelfile}; then:\n  {done.command}")

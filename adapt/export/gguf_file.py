@@ -1,0 +1,192 @@
+"""`adapt export gguf RUN_DIR --outfile model.gguf [--type auto|f32|f16|bf16|q8_0]`: a run folder (a LoRA run merged
+into its base first) as one GGUF file that llama.cpp loads.
+
+Everything that can be refused is checked before the model is loaded: the run folder is complete, the family is in
+the architecture table and its configuration is one llama.cpp runs as transformers does, the tokenizer is one llama.cpp
+reproduces, the output does not exist yet. The file is streamed tensor by tensor (header and tensor index first,
+then each tensor converted as it is written), so memory holds the model and one converted tensor, and it is written
+under a temporary name and renamed at the end: a file at `--outfile` is always complete.
+
+Tensors: every tensor of the model's state dict is written under llama.cpp's name (gguf's tensor-name map), or
+the export stops; transformers' fused experts `gate_up_proj [E, 2I, H]` (gate rows first) are split into llama.cpp's
+gate and up expert tensors, `down_proj [E, H, I]` is its down tensor. As llama.cpp's converter does, 1-D tensors,
+norms and the router stay float32 in every type, and a q8_0 tensor whose rows are not a multiple of 32 is float16.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from adapt.export.architectures import ExportError, architecture
+from adapt.export.gguf_vocab import read_tokenizer_json, write_vocab
+
+TYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "bf16": ("BF16", "MOSTLY_BF16"),
+         "q8_0": ("Q8_0", "MOSTLY_Q8_0")}
+FUSED_GATE_UP = ".mlp.experts.gate_up_proj"
+
+
+@dataclass
+class Exported:
+    path: Path
+    type: str
+    tensors: int
+    bytes: int
+    seconds: float
+
+
+@dataclass
+class PlannedTensor:
+    name: str  # llama.cpp's
+    source: object  # a torch tensor (a view of the model's weights)
+    qtype: object  # gguf.GGMLQuantizationType
+
+
+def check_export(run: Path, outfile: Path, type_: str, force: bool) -> tuple[dict, object, str]:
+    """(config.json of the model, its architecture row, the type with `auto` resolved); raises ExportError before
+    anything is loaded."""
+    from transformers import AutoConfig
+
+    from adapt.model.lora import adapter_base, is_adapter_folder
+    from adapt.runfolder import incomplete_reason
+
+    if type_ not in TYPES and type_ != "auto":
+        raise ExportError(f"--type {type_}: choose one of auto, {', '.join(TYPES)}")
+    if not run.is_dir():
+        raise ExportError(f"{run}: no such run folder")
+    reason = incomplete_reason(run)
+    if reason:
+        raise ExportError(f"{run}: incomplete run folder, nothing exported: {reason}")
+    if outfile.exists() and not force:
+        raise ExportError(f"{outfile} exists; choose another --outfile or pass --force to replace it")
+    source = adapter_base(str(run)) if is_adapter_folder(str(run)) else str(run)
+    config = AutoConfig.from_pretrained(source).to_dict()
+    arch = architecture(config.get("model_type"))
+    refused = arch.refuse(config)
+    if refused:
+        raise ExportError(f"{run}: {refused}; llama.cpp would run this model differently from transformers")
+    read_tokenizer_json(run)
+    return config, arch, resolve_type(type_, config)
+
+
+def resolve_type(type_: str, config: dict) -> str:
+    """`auto`: the weights' own dtype (f32, bf16 or f16), so the file holds exactly the run's numbers."""
+    if type_ != "auto":
+        return type_
+    saved = str(config.get("dtype") or config.get("torch_dtype") or "float32").removeprefix("torch.")
+    return {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}.get(saved, "f32")
+
+
+def load_weights(run: Path):
+    """The model as the run defines it: a LoRA run merged into its base (PEFT), weights in their saved dtype."""
+    from transformers import AutoModelForCausalLM
+
+    from adapt.model.lora import is_adapter_folder, load_merged_adapter
+
+    if is_adapter_folder(str(run)):
+        return load_merged_adapter(str(run), "auto")
+    return AutoModelForCausalLM.from_pretrained(run, dtype="auto")
+
+
+def plan_tensors(state: dict, config: dict, arch, type_: str) -> list[PlannedTensor]:
+    import gguf
+
+    names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.gguf_arch), config["num_hidden_layers"])
+    sources = {}
+    for key, tensor in state.items():
+        if key.endswith(FUSED_GATE_UP):
+            half = tensor.shape[1] // 2
+            prefix = key[:-len("gate_up_proj")]
+            sources[prefix + "gate_proj.weight"] = tensor[:, :half]  # gate rows first, as transformers fuses them
+            sources[prefix + "up_proj.weight"] = tensor[:, half:]
+        else:
+            sources[key if key.endswith((".weight", ".bias")) else key + ".weight"] = tensor
+    sources.setdefault("lm_head.weight", sources.get("model.embed_tokens.weight"))  # tied: llama.cpp needs output
+    wanted = getattr(gguf.GGMLQuantizationType, TYPES[type_][0])
+    planned, unmapped = [], []
+    for key, tensor in sources.items():
+        name = names.get_name(key, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            unmapped.append(key)
+            continue
+        planned.append(PlannedTensor(name, tensor, _qtype(name, tuple(tensor.shape), wanted)))
+    if unmapped:
+        raise ExportError(f"{len(unmapped)} tensors have no llama.cpp name ({', '.join(unmapped[:3])}...); the GGUF "
+                          "would miss them, so nothing was written")
+    return planned
+
+
+def _qtype(name: str, shape: tuple, wanted):
+    import gguf
+
+    kind = gguf.GGMLQuantizationType
+    if len(shape) <= 1 or name.endswith("_norm.weight") or ".ffn_gate_inp." in name:
+        return kind.F32
+    if wanted == kind.Q8_0 and shape[-1] % gguf.GGML_QUANT_SIZES[kind.Q8_0][0]:
+        return kind.F16
+    return wanted
+
+
+def _converted(tensor, qtype):
+    import gguf
+    import numpy as np
+
+    array = np.ascontiguousarray(tensor.detach().float().cpu().numpy())
+    return array if qtype == gguf.GGMLQuantizationType.F32 else gguf.quants.quantize(array, qtype)
+
+
+def _info(planned: PlannedTensor) -> tuple[tuple, object, int]:
+    """(shape as the writer wants it, numpy dtype, bytes) of a tensor once converted, without converting it."""
+    import gguf
+    import numpy as np
+
+    shape, kind = tuple(planned.source.shape), gguf.GGMLQuantizationType
+    elements = int(np.prod(shape))
+    if planned.qtype == kind.F32:
+        return shape, np.dtype(np.float32), 4 * elements
+    if planned.qtype == kind.F16:
+        return shape, np.dtype(np.float16), 2 * elements
+    byte_shape = gguf.quant_shape_to_byte_shape(shape, planned.qtype)
+    return byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape))
+
+
+def export_gguf(run_dir: str | Path, outfile: str | Path, type_: str = "auto", force: bool = False) -> Exported:
+    import gguf
+    import torch
+    from transformers import AutoTokenizer
+
+    started = time.perf_counter()
+    run, outfile = Path(run_dir), Path(outfile)
+    if not outfile.parent.is_dir():
+        raise ExportError(f"{outfile.parent}: no such folder for --outfile")
+    config, arch, type_ = check_export(run, outfile, type_, force)
+    spec = read_tokenizer_json(run)
+    tokenizer = AutoTokenizer.from_pretrained(run)
+    with torch.no_grad():
+        model = load_weights(run)
+        planned = plan_tensors(model.state_dict(), config, arch, type_)
+    partial = outfile.with_name(outfile.name + ".partial")
+    try:
+        writer = gguf.GGUFWriter(partial, gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, arch.gguf_arch)])
+        writer.add_type(gguf.GGUFType.MODEL)
+        writer.add_name(run.resolve().name)
+        arch.hparams(writer, config)
+        writer.add_file_type(getattr(gguf.LlamaFileType, TYPES[type_][1]))
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        write_vocab(writer, tokenizer, spec, config["vocab_size"], arch.pre_tokenizer)
+        for p in planned:
+            shape, dtype, nbytes = _info(p)
+            writer.add_tensor_info(p.name, shape, dtype, nbytes, raw_dtype=p.qtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for p in planned:
+            writer.write_tensor_data(_converted(p.source, p.qtype))
+        writer.close()
+        os.replace(partial, outfile)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return Exported(outfile, type_, len(planned), outfile.stat().st_size, time.perf_counter() - started)

@@ -1,0 +1,89 @@
+"""The tokenizer inside a GGUF file: the byte-level BPE's tokens (padded to the model's vocabulary size), their
+types, the merges, the pre-tokenizer llama.cpp should split text with, the special ids and the chat template.
+
+llama.cpp tokenizes itself, from these keys: a tokenizer it cannot reproduce must be refused, not written. It
+reproduces a byte-level BPE whose pre-tokenizer is the GPT-2 regex (OLMoE's, and the demo's); a normalizer other
+than NFC, or another pre-tokenizer, is refused. NFC itself is not applied by llama.cpp (as its own converter for
+OLMoE, which writes the same keys): text that is not already NFC may tokenize differently there.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from adapt.export.architectures import ExportError
+
+# HF's `{% generation %}` marks (assistant-only loss masks) render nothing; Jinja engines outside transformers may
+# not know the tag, so the template is written without them.
+GENERATION_TAGS = re.compile(r"\{%-?\s*(end)?generation\s*-?%\}")
+
+
+def read_tokenizer_json(folder: Path) -> dict:
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise ExportError(f"{folder}: no tokenizer.json (a fast tokenizer is needed: llama.cpp takes its vocabulary "
+                          "and merges); save the run's tokenizer into the folder")
+    spec = json.loads(path.read_text(encoding="utf-8"))
+    model, pre, norm = spec.get("model") or {}, spec.get("pre_tokenizer") or {}, spec.get("normalizer")
+    if model.get("type") != "BPE":
+        raise ExportError(f"{path}: a {model.get('type')} tokenizer; the GGUF export writes byte-level BPE only")
+    if pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
+        raise ExportError(f"{path}: pre-tokenizer {pre.get('type')} (use_regex {pre.get('use_regex')}); llama.cpp "
+                          "reproduces a ByteLevel pre-tokenizer with the GPT-2 regex only")
+    if norm not in (None, {"type": "NFC"}):
+        raise ExportError(f"{path}: normalizer {norm.get('type')}; llama.cpp would not apply it")
+    return spec
+
+
+def chat_template(tokenizer) -> str | None:
+    return GENERATION_TAGS.sub("", tokenizer.chat_template) if tokenizer.chat_template else None
+
+
+def write_vocab(writer, tokenizer, spec: dict, vocab_size: int, pre_tokenizer: str) -> None:
+    import gguf
+
+    by_id = {i: t for t, i in tokenizer.get_vocab().items()}
+    if max(by_id) >= vocab_size:
+        raise ExportError(f"the tokenizer has ids up to {max(by_id)} but the model's vocabulary is {vocab_size}")
+    added = tokenizer.added_tokens_decoder
+    tokens, types = [], []
+    for i in range(vocab_size):  # ids the tokenizer never produces (the model's padding rows) are UNUSED
+        if i not in by_id:
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+            continue
+        tokens.append(by_id[i])
+        if i in added:
+            types.append(gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED)
+        else:
+            types.append(gguf.TokenType.NORMAL)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre_tokenizer)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in spec["model"]["merges"]])
+    for role, add in (("bos", writer.add_bos_token_id), ("eos", writer.add_eos_token_id),
+                      ("pad", writer.add_pad_token_id), ("unk", writer.add_unk_token_id)):
+        token_id = getattr(tokenizer, f"{role}_token_id")
+        if token_id is not None:
+            add(token_id)
+    adds_bos, adds_eos = special_tokens_added(tokenizer)
+    writer.add_add_bos_token(adds_bos)
+    writer.add_add_eos_token(adds_eos)
+    template = chat_template(tokenizer)
+    if template:
+        writer.add_chat_template(template)
+
+
+def special_tokens_added(tokenizer) -> tuple[bool, bool]:
+    """Whether the run's tokenizer puts BOS before / EOS after a plain text (its post-processor), measured: llama.cpp
+    then does the same when asked to add special tokens."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    adds_bos = bos is not None and full[:1] == [bos] and full[1:len(plain) + 1] == plain
+    start = 1 if adds_bos else 0
+    adds_eos = eos is not None and full[start:] == plain + [eos]
+    return adds_bos, adds_eos
