@@ -60,3 +60,20 @@ def test_router_analysis_keeps_counts_that_do_not_grow_with_the_tokens(tmp_path)
     row_bytes = 2 * 8 * 4 + 8  # per layer E int32 counts, plus the id's int64 occurrence count
     grown = (large["counts_mib"] - small["counts_mib"]) * 2**20
     assert grown == row_bytes * (large["vocab_rows"] - small["vocab_rows"])
+
+
+def test_gguf_export_bench_checks_each_type_in_llama_cpp(tmp_path, demo_tokenizer):
+    from transformers import OlmoeConfig, OlmoeForCausalLM
+
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[gguf]')")
+    run = tmp_path / "run"
+    OlmoeForCausalLM(OlmoeConfig(vocab_size=320, hidden_size=64, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=4, num_experts=4, num_experts_per_tok=2)).save_pretrained(run)
+    demo_tokenizer.save_pretrained(run)
+    out = tmp_path / "gguf.json"
+    run_bench("gguf_export.py", str(run), "--types", "f32", "q8_0", "--json", str(out))
+    result = json.loads(out.read_text())
+    assert {"gguf", "llama_cpp_python", "command"} <= result.keys()
+    f32, q8 = result["results"]
+    assert f32["type"] == "f32" and f32["max_logit_diff"] < 1e-4 and f32["greedy_equal"] and f32["tokens_equal"]
+    assert q8["mib"] < f32["mib"] / 3  # 8.5 bits per weight against 32 (norms and router stay f32)

@@ -54,8 +54,9 @@ def test_f32_export_is_what_transformers_computes(run, tulu_tokenizer, tmp_path)
     needs_llama_cpp()
     folder, model = run
     done = export_gguf(folder, tmp_path / "m.gguf", "f32")
-    assert done.tensors == 27  # embeddings, output norm and head, and per layer 4 attention + 2 q/k norms + 2 norms
-    llm = lc.open_gguf(done.path)  # + router + 3 expert tensors (gate_up_proj split in two)
+    # embeddings, output norm and head; per layer q, k, v, o, the q/k norms, 2 norms, the router and 3 expert tensors
+    assert done.tensors == 3 + 2 * 12
+    llm = lc.open_gguf(done.path)
     try:
         assert lc.tokenization_differences(tulu_tokenizer, llm) == []
         prompt = tulu_tokenizer.apply_chat_template(lc.CONVERSATION, tokenize=False, add_generation_prompt=True)
@@ -166,6 +167,9 @@ def save_variant(tmp_path, tokenizer, name, **overrides):
     ({"num_key_value_heads": 2}, "num_key_value_heads 2 != num_attention_heads 4"),
     ({"norm_topk_prob": True}, "norm_topk_prob true: llama.cpp's olmoe does not renormalise"),
     ({"clip_qkv": 8.0}, "clip_qkv 8.0"),
+    ({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}}, "rope linear"),
+    ({"hidden_act": "gelu"}, "hidden_act gelu"),
+    ({"attention_bias": True}, "attention_bias true"),
 ])
 def test_what_llama_cpp_would_run_differently_is_refused_before_writing(tmp_path, tulu_tokenizer, variant, message):
     folder = save_variant(tmp_path, tulu_tokenizer, "variant", **variant)
@@ -192,6 +196,16 @@ def test_bad_inputs_are_one_line_and_nothing_is_lost(run, tmp_path, monkeypatch)
     spec["pre_tokenizer"] = {"type": "Metaspace"}
     (bare / "tokenizer.json").write_text(json.dumps(spec))
     with pytest.raises(ExportError, match="pre-tokenizer Metaspace"):
+        export_gguf(bare, tmp_path / "m.gguf", "f32")
+    spec["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": True, "use_regex": True}
+    (bare / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(ExportError, match="add_prefix_space True"):
+        export_gguf(bare, tmp_path / "m.gguf", "f32")
+    small = json.loads((folder / "config.json").read_text())
+    (bare / "tokenizer.json").write_text((folder / "tokenizer.json").read_text())
+    (bare / "tokenizer_config.json").write_text((folder / "tokenizer_config.json").read_text())
+    (bare / "config.json").write_text(json.dumps({**small, "vocab_size": 100}))
+    with pytest.raises(ExportError, match="the tokenizer has ids up to 298 but the model's vocabulary is 100"):
         export_gguf(bare, tmp_path / "m.gguf", "f32")
 
     import adapt.export.gguf_file as gguf_file  # a failure half-way through writing leaves no file behind

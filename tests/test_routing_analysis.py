@@ -47,7 +47,7 @@ def test_every_metric_on_a_known_routing():
         s = summary[layer]
         assert [s["load"][e] for e in chosen] == [16, 16] and [s["load"][e] for e in others] == [0, 0]
         assert s["dead_experts"] == others
-        assert s["load_ratio"] == 16.0  # 16 tokens over max(0, 1)
+        assert s["load_ratio"] is None  # a dead expert: busiest / idlest is unbounded
         assert s["coactivation"][chosen[0]][chosen[1]] == 1.0 == s["coactivation"][chosen[1]][chosen[0]]
         for shares in s["domains"].values():
             assert sum(shares) == pytest.approx(2.0)  # k: each token counts once for each of its 2 experts
@@ -256,3 +256,25 @@ def test_report_adds_the_router_section_and_its_pictures(tmp_path):
     with pytest.raises(SystemExit, match="no analysis.json"):
         main(["report", *results, "--analysis", str(tmp_path), "--output", str(tmp_path / "report2")])
     assert not (tmp_path / "report2").exists()  # refused before writing anything
+
+
+def test_a_token_budget_takes_the_texts_in_order_and_cuts_the_last(demo_tokenizer):
+    from adapt_eval.routing_run import data_fingerprints, tokenize_domains
+
+    texts = {"a": ["one two three", "four five six seven", "eight"], "b": ["x y"]}
+    lengths = {d: [len(demo_tokenizer(t)["input_ids"]) for t in ts] for d, ts in texts.items()}
+    budget = lengths["a"][0] + 2  # the first text whole, two tokens of the second, none of the third
+    batches = tokenize_domains(demo_tokenizer, texts, batch_size=8, max_length=512, tokens_per_domain=budget)
+    counted = data_fingerprints(batches)
+    assert counted["a"]["tokens"] == budget and counted["a"]["texts"] == 2
+    assert counted["b"]["tokens"] == lengths["b"][0]  # under the budget: all of it
+
+
+def test_bad_analyze_options_are_refused_in_one_line(tmp_path, capsys):
+    from adapt.cli import main
+
+    with pytest.raises(SystemExit, match="--models: base is named twice"):
+        main(["analyze", "--models", "base=a", "base=b", "--data", "r=task:reverse", "--output", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        main(["analyze", "--models", "base=a", "--data", "r=task:reverse", "--batch-size", "0", "--output", "x"])
+    assert "--batch-size: '0' is not a whole number of at least 1" in capsys.readouterr().err

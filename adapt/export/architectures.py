@@ -46,6 +46,16 @@ def _olmoe_refuse(config: dict) -> str | None:
         return "norm_topk_prob true: llama.cpp's olmoe does not renormalise the top-k routing weights"
     if config.get("clip_qkv") is not None:
         return f"clip_qkv {config['clip_qkv']}: llama.cpp's olmoe does not clip q/k/v"
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    if rope.get("rope_type", "default") != "default" or (config.get("rope_scaling") or {}).get("factor"):
+        return f"rope {rope.get('rope_type')} (scaled RoPE): the export writes plain RoPE only"
+    if config.get("hidden_act", "silu") != "silu":
+        return f"hidden_act {config['hidden_act']}: llama.cpp's olmoe uses SiLU experts"
+    head_dim = config.get("head_dim")
+    if head_dim and head_dim * heads != config["hidden_size"]:
+        return f"head_dim {head_dim} x {heads} heads != hidden_size {config['hidden_size']}"
+    if config.get("attention_bias"):
+        return "attention_bias true: llama.cpp's olmoe has no attention biases"
     return None
 
 

@@ -86,12 +86,19 @@ class CheckResult:
     max_logit_difference: float
     max_logit: float
     greedy_equal: bool
-    chat_template_equal: bool
+    chat_template_equal: bool | None  # None: the run has no chat template
+
+    def passed(self, exact: bool) -> bool:
+        """Tokens and the chat prompt must be identical in every type; an f32 file must also give the logits (to
+        float tolerance) and the greedy continuation. Rounded types are reported, not judged."""
+        same = not self.tokenization_differences and self.chat_template_equal is not False
+        return same and (not exact or (self.greedy_equal and self.max_logit_difference < 1e-3))
 
     def lines(self) -> list[str]:
         tokens = ("equal on every text" if not self.tokenization_differences
                   else "DIFFERS: " + "; ".join(self.tokenization_differences[:2]))
-        chat = {True: "the same prompt", False: "a DIFFERENT prompt"}[bool(self.chat_template_equal)]
+        chat = {True: "the same prompt", False: "a DIFFERENT prompt", None: "none (the run has no chat template)"}[
+            self.chat_template_equal]
         return [f"tokenization: {tokens}",
                 f"logits: max |transformers - llama.cpp| {self.max_logit_difference:.2e} (logits up to "
                 f"{self.max_logit:.1f})",
@@ -115,6 +122,6 @@ def check_gguf(run_dir, gguf_path, model=None) -> CheckResult:
         worst, scale = logits_difference(model, tokenizer, llm)
         ours, theirs = greedy(model, tokenizer, llm, prompt)
         return CheckResult(tokenization_differences(tokenizer, llm), worst, scale, ours == theirs,
-                           templated and chat_prompt(llm, CONVERSATION) == prompt)
+                           chat_prompt(llm, CONVERSATION) == prompt if templated else None)
     finally:
         llm.close()

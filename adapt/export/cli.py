@@ -35,8 +35,12 @@ def ollama_parser() -> argparse.ArgumentParser:
 
 def export_gguf_main(argv=None) -> None:
     args = gguf_parser().parse_args(argv)
+    import importlib.util
+
     from adapt.export.gguf_file import export_gguf
 
+    if args.check and importlib.util.find_spec("llama_cpp") is None:
+        sys.exit("error: --check needs llama-cpp-python: pip install -e '.[gguf]' (it builds llama.cpp from source)")
     try:
         done = export_gguf(args.run_dir, args.outfile, args.type, force=args.force)
     except ExportError as e:
@@ -44,12 +48,13 @@ def export_gguf_main(argv=None) -> None:
     print(f"wrote {done.path} ({done.type}, {done.tensors} tensors, {done.bytes / 2**20:.1f} MiB) in "
           f"{done.seconds:.1f} s")
     if args.check:
-        try:
-            from adapt.export.check import check_gguf
-        except ImportError:
-            sys.exit("error: --check needs llama-cpp-python: pip install 'adapt[gguf]' (it builds llama.cpp)")
-        for line in check_gguf(args.run_dir, done.path).lines():
+        from adapt.export.check import check_gguf
+
+        result = check_gguf(args.run_dir, done.path)
+        for line in result.lines():
             print(f"  {line}")
+        if not result.passed(exact=done.type == "f32"):
+            sys.exit("error: llama.cpp does not compute what transformers computes on this file (above)")
 
 
 def export_ollama_main(argv=None) -> None:

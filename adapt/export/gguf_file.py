@@ -1,11 +1,14 @@
 """`adapt export gguf RUN_DIR --outfile model.gguf [--type auto|f32|f16|bf16|q8_0]`: a run folder (a LoRA run merged
 into its base first) as one GGUF file that llama.cpp loads.
 
-Everything that can be refused is checked before the model is loaded: the run folder is complete, the family is in
-the architecture table and its configuration is one llama.cpp runs as transformers does, the tokenizer is one llama.cpp
-reproduces, the output does not exist yet. The file is streamed tensor by tensor (header and tensor index first,
-then each tensor converted as it is written), so memory holds the model and one converted tensor, and it is written
-under a temporary name and renamed at the end: a file at `--outfile` is always complete.
+What can be refused is checked before the model is loaded: the run folder is complete, the family is in the
+architecture table and its configuration is one llama.cpp runs as transformers does, the tokenizer is one llama.cpp
+reproduces and fits the model's vocabulary, the output does not exist yet. A tensor without a llama.cpp name is found
+once the weights are loaded, still before anything is written.
+
+The file is streamed tensor by tensor (header and tensor index first, then each tensor converted as it is written),
+so memory holds the model and one converted tensor, and it is written under a temporary name and renamed at the
+end: a file at `--outfile` is always complete.
 
 Tensors: every tensor of the model's state dict is written under llama.cpp's name (gguf's tensor-name map), or
 the export stops; transformers' fused experts `gate_up_proj [E, 2I, H]` (gate rows first) are split into llama.cpp's
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapt.export.architectures import ExportError, architecture
-from adapt.export.gguf_vocab import read_tokenizer_json, write_vocab
+from adapt.export.gguf_vocab import check_vocab_size, read_tokenizer_json, write_vocab
 
 TYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "bf16": ("BF16", "MOSTLY_BF16"),
          "q8_0": ("Q8_0", "MOSTLY_Q8_0")}
@@ -47,7 +50,7 @@ class PlannedTensor:
 def check_export(run: Path, outfile: Path, type_: str, force: bool) -> tuple[dict, object, str]:
     """(config.json of the model, its architecture row, the type with `auto` resolved); raises ExportError before
     anything is loaded."""
-    from transformers import AutoConfig
+    from transformers import AutoConfig, AutoTokenizer
 
     from adapt.model.lora import adapter_base, is_adapter_folder
     from adapt.runfolder import incomplete_reason
@@ -62,12 +65,19 @@ def check_export(run: Path, outfile: Path, type_: str, force: bool) -> tuple[dic
     if outfile.exists() and not force:
         raise ExportError(f"{outfile} exists; choose another --outfile or pass --force to replace it")
     source = adapter_base(str(run)) if is_adapter_folder(str(run)) else str(run)
-    config = AutoConfig.from_pretrained(source).to_dict()
+    if not source:
+        raise ExportError(f"{run}/adapter_config.json: no base_model_name_or_path, so there is no base to merge into")
+    try:
+        config = AutoConfig.from_pretrained(source).to_dict()
+    except (OSError, ValueError) as e:
+        reason = " ".join(str(e).split())[:200]
+        raise ExportError(f"{run}: cannot read the model's config from {source} ({reason})") from None
     arch = architecture(config.get("model_type"))
     refused = arch.refuse(config)
     if refused:
         raise ExportError(f"{run}: {refused}; llama.cpp would run this model differently from transformers")
     read_tokenizer_json(run)
+    check_vocab_size(AutoTokenizer.from_pretrained(run), config["vocab_size"])
     return config, arch, resolve_type(type_, config)
 
 

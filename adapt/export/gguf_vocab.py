@@ -16,8 +16,8 @@ from pathlib import Path
 from adapt.export.architectures import ExportError
 
 # HF's `{% generation %}` marks (assistant-only loss masks) render nothing; Jinja engines outside transformers may
-# not know the tag, so the template is written without them.
-GENERATION_TAGS = re.compile(r"\{%-?\s*(end)?generation\s*-?%\}")
+# not know the tag, so each is written as a block that renders the same, whitespace control (`{%-`, `-%}`) kept.
+GENERATION_TAG = re.compile(r"\{%(-?)\s*(end)?generation\s*(-?)%\}")
 
 
 def read_tokenizer_json(folder: Path) -> dict:
@@ -29,24 +29,35 @@ def read_tokenizer_json(folder: Path) -> dict:
     model, pre, norm = spec.get("model") or {}, spec.get("pre_tokenizer") or {}, spec.get("normalizer")
     if model.get("type") != "BPE":
         raise ExportError(f"{path}: a {model.get('type')} tokenizer; the GGUF export writes byte-level BPE only")
-    if pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
-        raise ExportError(f"{path}: pre-tokenizer {pre.get('type')} (use_regex {pre.get('use_regex')}); llama.cpp "
-                          "reproduces a ByteLevel pre-tokenizer with the GPT-2 regex only")
+    if pre.get("type") != "ByteLevel" or not pre.get("use_regex", True) or pre.get("add_prefix_space"):
+        raise ExportError(f"{path}: pre-tokenizer {pre.get('type')} (use_regex {pre.get('use_regex')}, "
+                          f"add_prefix_space {pre.get('add_prefix_space')}); llama.cpp reproduces a ByteLevel "
+                          "pre-tokenizer with the GPT-2 regex and no prefix space only")
+    if model.get("dropout") or model.get("ignore_merges") or model.get("byte_fallback"):
+        raise ExportError(f"{path}: BPE with dropout, ignore_merges or byte_fallback; llama.cpp's BPE has none of them")
     if norm not in (None, {"type": "NFC"}):
         raise ExportError(f"{path}: normalizer {norm.get('type')}; llama.cpp would not apply it")
     return spec
 
 
+def check_vocab_size(tokenizer, vocab_size: int) -> None:
+    highest = max(tokenizer.get_vocab().values())
+    if highest >= vocab_size:
+        raise ExportError(f"the tokenizer has ids up to {highest} but the model's vocabulary is {vocab_size}")
+
+
+def without_generation_tags(template: str) -> str:
+    return GENERATION_TAG.sub(lambda m: f"{{%{m[1]} {'endif' if m[2] else 'if true'} {m[3]}%}}", template)
+
+
 def chat_template(tokenizer) -> str | None:
-    return GENERATION_TAGS.sub("", tokenizer.chat_template) if tokenizer.chat_template else None
+    return without_generation_tags(tokenizer.chat_template) if tokenizer.chat_template else None
 
 
 def write_vocab(writer, tokenizer, spec: dict, vocab_size: int, pre_tokenizer: str) -> None:
     import gguf
 
     by_id = {i: t for t, i in tokenizer.get_vocab().items()}
-    if max(by_id) >= vocab_size:
-        raise ExportError(f"the tokenizer has ids up to {max(by_id)} but the model's vocabulary is {vocab_size}")
     added = tokenizer.added_tokens_decoder
     tokens, types = [], []
     for i in range(vocab_size):  # ids the tokenizer never produces (the model's padding rows) are UNUSED

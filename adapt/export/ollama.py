@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapt.export.architectures import ExportError
-from adapt.export.gguf_vocab import chat_template
+from adapt.export.gguf_vocab import chat_template, without_generation_tags
 
 TULU_GO = """{{- range $i, $_ := .Messages }}
 {{- $last := eq (len (slice $.Messages $i)) 1 }}
@@ -48,7 +48,7 @@ def go_template(tokenizer) -> str:
     if template is None:
         raise ExportError("the run's tokenizer has no chat template; Ollama needs one to format conversations")
     for add_bos in (False, True):
-        if template == chat_template_text(tulu_template(add_bos)):
+        if template == without_generation_tags(tulu_template(add_bos)):
             bos = tokenizer.bos_token if add_bos else ""
             return bos + TULU_GO.replace("@EOS@", tokenizer.eos_token)
     raise ExportError("the run's chat template is not one the toolkit ships (tulu); Ollama's TEMPLATE is a Go "
@@ -56,10 +56,6 @@ def go_template(tokenizer) -> str:
                       "template) and write the Modelfile's TEMPLATE by hand")
 
 
-def chat_template_text(template: str) -> str:
-    from adapt.export.gguf_vocab import GENERATION_TAGS
-
-    return GENERATION_TAGS.sub("", template)
 
 
 def modelfile(template: str, eos: str, run: Path) -> str:

@@ -157,6 +157,12 @@ def run_report(argv) -> None:
         print(path)
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
 def analyze_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="adapt analyze", description="What adaptation did to the router: each model's "
                                 "routing on the same tokens (load, dead experts, co-activation, domain and vocabulary "
@@ -170,9 +176,10 @@ def analyze_parser() -> argparse.ArgumentParser:
                    "prompts), suite:NAME (each benchmark of a suite), recipe:PATH (each source of a recipe's mixture) "
                    "or a JSONL file of prompts")
     p.add_argument("--run", help="a training run folder: draw its experts' load over the steps (router_stats.jsonl)")
-    p.add_argument("--texts", type=int, default=64, help="texts per domain (default 64)")
-    p.add_argument("--max-length", type=int, default=512, help="tokens per text at most (default 512)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--texts", type=_positive, default=64, help="texts per domain (default 64)")
+    p.add_argument("--max-length", type=_positive, default=512, help="tokens per text at most (default 512)")
+    p.add_argument("--tokens", type=_positive, help="tokens per domain at most (its texts in order, the last one cut)")
+    p.add_argument("--batch-size", type=_positive, default=8)
     p.add_argument("--data-dir", help="local benchmark files for benchmark:/suite: (as adapt eval --data-dir)")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="auto: bfloat16 on GPU, float32 on CPU")
@@ -202,12 +209,14 @@ def run_analyze(argv) -> None:
             name, sep, value = item.partition("=")
             if not sep or not name or not value:
                 sys.exit(f"error: {flag} {item}: expected NAME=VALUE")
-            pairs.setdefault(flag, {})[name] = value
+            if name in pairs.setdefault(flag, {}):
+                sys.exit(f"error: {flag}: {name} is named twice; give each a different name")
+            pairs[flag][name] = value
     from adapt_eval.routing_run import analyze
 
     try:
         result = analyze(pairs["--models"], pairs["--data"], args.texts, args.batch_size, args.max_length,
-                         args.data_dir, args.dtype, args.device_map)
+                         args.data_dir, args.dtype, args.device_map, tokens_per_domain=args.tokens)
     except (ValueError, OSError, KeyError) as e:
         sys.exit(f"error: {' '.join(str(e).split())}")
     from adapt_eval.routing_run import analysis_state

@@ -1,7 +1,8 @@
 """What adaptation did to the router: routing statistics of one or more models on the same tokens, streamed.
 
 The metrics are the OLMoE paper's analysis (arXiv 2409.02060, section 5), per MoE layer:
-- load: tokens routed to each expert (each token counts once for each of its k experts), the max/min ratio, the
+- load: tokens routed to each expert (each token counts once for each of its k experts), the max/min ratio (null
+  with a dead expert), the
   entropy of the load distribution over experts divided by log E (1.0: every expert equally loaded), and the dead
   experts (none of the tokens);
 - domain specialization: the share of a domain's tokens routed to each expert; the shares sum to k, and a router
@@ -13,9 +14,10 @@ The metrics are the OLMoE paper's analysis (arXiv 2409.02060, section 5), per Mo
   is 1.0 for a model against itself and k/E on average for two unrelated routers.
 
 The routing is the model's own: the experts each router module returned (`adapt.trainers.router.router_modules`),
-recorded by forward hooks, under the model's own layer numbers. Nothing grows with the number of tokens but what
-the saturation needs: a batch's choices are folded into counts and dropped, except the choices of the first and the
-previous model (L x k bytes per token each), which the next model is compared with.
+recorded by forward hooks, under the model's own layer numbers. A batch's choices are folded into counts and
+dropped; what grows with the tokens is what the saturation needs, the choices of the first and the previous model
+(and the current one's while it runs): L x k bytes per token position (padding included; 2 bytes per choice past 256
+experts), and the vocabulary rows, one per distinct token id, bounded by the vocabulary.
 """
 
 from __future__ import annotations
@@ -128,7 +130,8 @@ class RoutingTotals:
             co_EE = self.coactivation[layer].double()
             out[layer] = {
                 "load": self.load[layer].tolist(),
-                "load_ratio": (load_E.max() / load_E.min().clamp(min=1)).item(),
+                # busiest / idlest expert; None (JSON null) when an expert got nothing: the ratio is unbounded
+                "load_ratio": (load_E.max() / load_E.min()).item() if load_E.min() > 0 else None,
                 "load_entropy": entropy.item(),
                 "dead_experts": [e for e in range(self.num_experts) if self.load[layer][e] == 0],
                 "coactivation": (co_EE / load_E.clamp(min=1)[:, None]).tolist(),  # row i: P(j | i)
@@ -146,8 +149,10 @@ class RoutingTotals:
         share_RE = counts_RE / self.token_counts_R[frequent].double()[:, None]
         experts = []
         for e in range(self.num_experts):
-            key = share_RE[:, e] * 1e9 + self.token_counts_R[frequent].double()  # share first, then frequency
-            best = [int(r) for r in key.argsort(descending=True)[:top] if counts_RE[r, e] > 0]
+            # share first, then frequency, then the token id: the same order whatever order the rows were seen in
+            ids = [self.row_tokens[int(r)] for r in frequent]
+            order = sorted(range(len(ids)), key=lambda r: (-share_RE[r, e].item(), -int(counts_RE[r, e]), ids[r]))
+            best = [r for r in order[:top] if counts_RE[r, e] > 0]
             experts.append([{"id": self.row_tokens[int(frequent[r])], "count": int(counts_RE[r, e]),
                              "share": share_RE[r, e].item()} for r in best])
         return experts

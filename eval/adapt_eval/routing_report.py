@@ -57,12 +57,15 @@ def glance(result: dict) -> list[str]:
     for name, model in result["per_model"].items():
         layers = model["layers"]
         dead = {n: layer["dead_experts"] for n, layer in layers.items() if layer["dead_experts"]}
-        uneven = max(layers, key=lambda n: layers[n]["load_ratio"])
         state = ("no dead experts" if not dead else "dead experts (no token of the sample) in " + ", ".join(
             f"layer {n}: {', '.join(map(str, experts))}" for n, experts in dead.items()))
-        lines.append(f"- **{name}**: {state}; load entropy {_mean(x['load_entropy'] for x in layers.values()):.2f} "
-                     f"of 1 on average; most uneven layer {uneven} (busiest expert / idlest: "
-                     f"{layers[uneven]['load_ratio']:.1f}).")
+        entropy = _mean(x["load_entropy"] for x in layers.values())
+        line = f"- **{name}**: {state}; load entropy {entropy:.2f} of 1 on average"
+        alive = {n: layer["load_ratio"] for n, layer in layers.items() if layer["load_ratio"] is not None}
+        if alive:
+            uneven = max(alive, key=alive.get)
+            line += f"; most uneven layer without a dead expert: {uneven} (busiest / idlest {alive[uneven]:.1f})"
+        lines.append(line + ".")
     return lines
 
 

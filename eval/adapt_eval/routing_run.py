@@ -19,12 +19,21 @@ from adapt_eval.routing import RoutingRecorder, RoutingTotals, saturation
 from adapt_eval.routing_data import domain_texts
 
 
-def tokenize_domains(tokenizer, texts: dict[str, list[str]], batch_size: int, max_length: int) -> list[tuple]:
+def tokenize_domains(tokenizer, texts: dict[str, list[str]], batch_size: int, max_length: int,
+                     tokens_per_domain: int | None = None) -> list[tuple]:
     """(domain, input_ids, attention_mask) batches, each domain's texts sorted by length (less padding); and each
     domain's fingerprint (sha256 of its token ids), so two analyses can tell they ran on the same tokens."""
     batches = []
     for domain, domain_texts_ in texts.items():
         encoded = tokenizer(domain_texts_, truncation=True, max_length=max_length)["input_ids"]
+        if tokens_per_domain is not None:  # the texts in order until the budget; the last one cut to fit it
+            kept, left = [], tokens_per_domain
+            for ids in encoded:
+                if left <= 0:
+                    break
+                kept.append(ids[:left])
+                left -= len(kept[-1])
+            encoded = kept
         encoded.sort(key=len)
         for start in range(0, len(encoded), batch_size):
             rows = encoded[start:start + batch_size]
@@ -72,6 +81,7 @@ def _check_moe(name: str, ref: str, model):
 
 def analyze(models: dict[str, str], domains: dict[str, str], texts_per_domain: int = 64, batch_size: int = 8,
             max_length: int = 512, data_dir: str | None = None, dtype: str = "auto", device_map: str | None = None,
+            tokens_per_domain: int | None = None,
             top_tokens: int = 5, log=print) -> dict:
     """Routing of each model (name -> folder, Hub id or adapter folder) on the same tokens of each domain (name ->
     spec, see routing_data), and the router saturation between consecutive models and between the first and last."""
@@ -80,10 +90,14 @@ def analyze(models: dict[str, str], domains: dict[str, str], texts_per_domain: i
     from adapt_eval.suite import model_fingerprint
 
     state = analysis_state()
+    if device_map and state.num_processes > 1:
+        raise ValueError(f"--device-map {device_map} spreads one model over the devices of one process; run it "
+                         f"without accelerate launch (this run has {state.num_processes} processes)")
     torch_dtype = _dtype(dtype, state.device)
     names = list(models)
     tokenizer = AutoTokenizer.from_pretrained(models[names[0]])
-    batches = tokenize_domains(tokenizer, domain_texts(domains, texts_per_domain, data_dir), batch_size, max_length)
+    batches = tokenize_domains(tokenizer, domain_texts(domains, texts_per_domain, data_dir), batch_size, max_length,
+                               tokens_per_domain)
     mine = list(range(state.process_index, len(batches), state.num_processes))
     pairs = list(zip(names, names[1:])) + ([(names[0], names[-1])] if len(names) > 2 else [])
     totals, sums, first, previous, seconds = {}, {f"{a}->{b}": {} for a, b in pairs}, None, None, {}
@@ -114,6 +128,7 @@ def analyze(models: dict[str, str], domains: dict[str, str], texts_per_domain: i
                         "forward_seconds": seconds[name], "layers": _with_text(t.summary(top_tokens), tokenizer)}
                  for name, t in totals.items()}
     return {"models": models, "domains": domains, "texts_per_domain": texts_per_domain, "max_length": max_length,
+            "tokens_per_domain": tokens_per_domain,
             "data": data_fingerprints(batches), "processes": state.num_processes, "dtype": str(torch_dtype),
             "per_model": per_model,
             "saturation": {pair: {layer: total / max(n, 1) for layer, (total, n) in sorted(layers.items())}
