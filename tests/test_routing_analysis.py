@@ -278,3 +278,20 @@ def test_bad_analyze_options_are_refused_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["analyze", "--models", "base=a", "--data", "r=task:reverse", "--batch-size", "0", "--output", "x"])
     assert "--batch-size: '0' is not a whole number of at least 1" in capsys.readouterr().err
+
+
+def test_models_that_cannot_be_analysed_are_refused_before_any_weights_load(tmp_path):
+    """Folders with a config.json and no weights: a refusal naming the problem proves it came first."""
+    from transformers import LlamaConfig
+
+    from adapt.data.tokenizer import build_demo_tokenizer
+    from adapt_eval.routing_run import analyze
+
+    build_demo_tokenizer().save_pretrained(tmp_path / "dense")
+    LlamaConfig(vocab_size=320).save_pretrained(tmp_path / "dense")
+    with pytest.raises(ValueError, match=r"--models dense=.*'llama'"):
+        analyze({"dense": str(tmp_path / "dense")}, {"r": "task:reverse"}, texts_per_domain=2, log=lambda line: None)
+    build_demo_tokenizer().save_pretrained(tmp_path / "small")
+    tiny_olmoe(vocab_size=50).config.save_pretrained(tmp_path / "small")
+    with pytest.raises(ValueError, match="this model's vocabulary is 50; analyse models that share a tokenizer"):
+        analyze({"small": str(tmp_path / "small")}, {"r": "task:reverse"}, texts_per_domain=2, log=lambda line: None)

@@ -41,15 +41,27 @@ class Exported:
 
 
 @dataclass
+class ExportPlan:
+    """What check_export found, all before any weights load: the model's config, its architecture row, the type
+    (`auto` resolved), and the run's tokenizer with its tokenizer.json."""
+
+    run: Path
+    config: dict
+    arch: object  # architectures.GGUFArchitecture
+    type: str
+    tokenizer: object
+    tokenizer_json: dict
+
+
+@dataclass
 class PlannedTensor:
     name: str  # llama.cpp's
     source: object  # a torch tensor (a view of the model's weights)
     qtype: object  # gguf.GGMLQuantizationType
 
 
-def check_export(run: Path, outfile: Path, type_: str, force: bool) -> tuple[dict, object, str]:
-    """(config.json of the model, its architecture row, the type with `auto` resolved); raises ExportError before
-    anything is loaded."""
+def check_export(run: Path, outfile: Path, type_: str, force: bool) -> ExportPlan:
+    """Everything that can be refused before the weights load; raises ExportError."""
     from transformers import AutoConfig, AutoTokenizer
 
     from adapt.model.lora import adapter_base, is_adapter_folder
@@ -76,9 +88,10 @@ def check_export(run: Path, outfile: Path, type_: str, force: bool) -> tuple[dic
     refused = arch.refuse(config)
     if refused:
         raise ExportError(f"{run}: {refused}; llama.cpp would run this model differently from transformers")
-    read_tokenizer_json(run)
-    check_vocab_size(AutoTokenizer.from_pretrained(run), config["vocab_size"])
-    return config, arch, resolve_type(type_, config)
+    spec = read_tokenizer_json(run)
+    tokenizer = AutoTokenizer.from_pretrained(run)
+    check_vocab_size(tokenizer, config["vocab_size"])
+    return ExportPlan(run, config, arch, resolve_type(type_, config), tokenizer, spec)
 
 
 def resolve_type(type_: str, config: dict) -> str:
@@ -163,29 +176,29 @@ def _info(planned: PlannedTensor) -> tuple[tuple, object, int]:
 
 
 def export_gguf(run_dir: str | Path, outfile: str | Path, type_: str = "auto", force: bool = False) -> Exported:
-    import gguf
-    import torch
-    from transformers import AutoTokenizer
-
-    started = time.perf_counter()
-    run, outfile = Path(run_dir), Path(outfile)
+    outfile = Path(outfile)
     if not outfile.parent.is_dir():
         raise ExportError(f"{outfile.parent}: no such folder for --outfile")
-    config, arch, type_ = check_export(run, outfile, type_, force)
-    spec = read_tokenizer_json(run)
-    tokenizer = AutoTokenizer.from_pretrained(run)
+    return write_gguf(check_export(Path(run_dir), outfile, type_, force), outfile)
+
+
+def write_gguf(plan: ExportPlan, outfile: Path) -> Exported:
+    """Load the weights, map every tensor, then stream the file under a temporary name and rename it."""
+    import gguf
+    import torch
+
+    started = time.perf_counter()
     with torch.no_grad():
-        model = load_weights(run)
-        planned = plan_tensors(model.state_dict(), config, arch, type_)
+        planned = plan_tensors(load_weights(plan.run).state_dict(), plan.config, plan.arch, plan.type)
     partial = outfile.with_name(outfile.name + ".partial")
     try:
-        writer = gguf.GGUFWriter(partial, gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, arch.gguf_arch)])
+        writer = gguf.GGUFWriter(partial, gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, plan.arch.gguf_arch)])
         writer.add_type(gguf.GGUFType.MODEL)
-        writer.add_name(run.resolve().name)
-        arch.hparams(writer, config)
-        writer.add_file_type(getattr(gguf.LlamaFileType, TYPES[type_][1]))
+        writer.add_name(plan.run.resolve().name)
+        plan.arch.hparams(writer, plan.config)
+        writer.add_file_type(getattr(gguf.LlamaFileType, TYPES[plan.type][1]))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        write_vocab(writer, tokenizer, spec, config["vocab_size"], arch.pre_tokenizer)
+        write_vocab(writer, plan.tokenizer, plan.tokenizer_json, plan.config["vocab_size"], plan.arch.pre_tokenizer)
         for p in planned:
             shape, dtype, nbytes = _info(p)
             writer.add_tensor_info(p.name, shape, dtype, nbytes, raw_dtype=p.qtype)
@@ -199,4 +212,4 @@ def export_gguf(run_dir: str | Path, outfile: str | Path, type_: str = "auto", f
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    return Exported(outfile, type_, len(planned), outfile.stat().st_size, time.perf_counter() - started)
+    return Exported(outfile, plan.type, len(planned), outfile.stat().st_size, time.perf_counter() - started)

@@ -56,8 +56,6 @@ def go_template(tokenizer) -> str:
                       "template) and write the Modelfile's TEMPLATE by hand")
 
 
-
-
 def modelfile(template: str, eos: str, run: Path) -> str:
     if '"""' in template:
         raise ExportError('the chat template contains """, which a Modelfile cannot quote')
@@ -69,18 +67,15 @@ def modelfile(template: str, eos: str, run: Path) -> str:
 
 def export_ollama(run_dir: str | Path, output: str | Path, type_: str = "auto",
                   name: str | None = None) -> OllamaExport:
-    from transformers import AutoTokenizer
-
-    from adapt.export.gguf_file import check_export, export_gguf
+    from adapt.export.gguf_file import check_export, write_gguf
 
     run, folder = Path(run_dir), Path(output)
     if folder.exists() and any(folder.iterdir()):
         raise ExportError(f"{folder} exists and is not empty; choose a new --output (nothing was overwritten)")
-    check_export(run, folder / "model.gguf", type_, force=False)
-    tokenizer = AutoTokenizer.from_pretrained(run)
-    text = modelfile(go_template(tokenizer), tokenizer.eos_token, run)
+    plan = check_export(run, folder / "model.gguf", type_, force=False)
+    text = modelfile(go_template(plan.tokenizer), plan.tokenizer.eos_token, run)  # refused before writing
     folder.mkdir(parents=True, exist_ok=True)
-    exported = export_gguf(run, folder / "model.gguf", type_)
+    exported = write_gguf(plan, folder / "model.gguf")
     path = folder / "Modelfile"
     path.write_text(text, encoding="utf-8")
     model_name = name or run.resolve().name

@@ -70,15 +70,26 @@ class RoutingTotals:
 
     def _rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Each token id's row, adding rows for ids not seen before."""
-        new = ids.unique()[self._row_of[ids.unique()] < 0]
+        seen = ids.unique()
+        new = seen[self._row_of[seen] < 0]
         if len(new):
             self._row_of[new] = torch.arange(len(self.row_tokens), len(self.row_tokens) + len(new))
             self.row_tokens += new.tolist()
-            grow = len(self.row_tokens) - len(self.token_counts_R)
-            self.token_counts_R = torch.cat([self.token_counts_R, torch.zeros(grow, dtype=torch.int64)])
+            self.token_counts_R = torch.cat([self.token_counts_R, torch.zeros(len(new), dtype=torch.int64)])
             for layer, counts in self.vocab_load.items():
-                self.vocab_load[layer] = torch.cat([counts, torch.zeros(grow, self.num_experts, dtype=torch.int32)])
+                self.vocab_load[layer] = torch.cat([counts, torch.zeros(len(new), self.num_experts,
+                                                                        dtype=torch.int32)])
         return self._row_of[ids]
+
+    def _vocab(self, layer: int) -> torch.Tensor:
+        """The layer's [R, E] vocabulary counts (created at the current number of rows)."""
+        return self.vocab_load.setdefault(layer, torch.zeros(len(self.row_tokens), self.num_experts,
+                                                             dtype=torch.int32))
+
+    def _fold(self, layer: int, domain: str, per_expert_E: torch.Tensor, co_EE: torch.Tensor) -> None:
+        self.load[layer] = self.load.get(layer, 0) + per_expert_E
+        self.coactivation[layer] = self.coactivation.get(layer, 0) + co_EE
+        self.domain_load[domain][layer] = self.domain_load[domain].get(layer, 0) + per_expert_E
 
     def add(self, choices: dict[int, torch.Tensor], mask_T: torch.Tensor, domain: str, ids_T: torch.Tensor) -> None:
         """Fold one forward's choices (layer -> [T, K] indices over the flattened batch) into the totals."""
@@ -92,19 +103,8 @@ class RoutingTotals:
             index_TK = index_TK.reshape(real.shape[0], -1)[real.to(index_TK.device)].cpu().long()
             onehot_TE = torch.zeros(index_TK.shape[0], self.num_experts, dtype=torch.int64)
             onehot_TE.scatter_(1, index_TK, 1)
-            self._fold(layer, domain, onehot_TE.sum(0), onehot_TE.T @ onehot_TE, onehot_TE, rows_T)
-
-    def _fold(self, layer, domain, per_expert_E, co_EE, onehot_TE=None, rows_T=None, vocab_RE=None) -> None:
-        self.load[layer] = self.load.get(layer, 0) + per_expert_E
-        self.coactivation[layer] = self.coactivation.get(layer, 0) + co_EE
-        if domain is not None:
-            self.domain_load[domain][layer] = self.domain_load[domain].get(layer, 0) + per_expert_E
-        vocab = self.vocab_load.setdefault(layer, torch.zeros(len(self.row_tokens), self.num_experts,
-                                                              dtype=torch.int32))
-        if onehot_TE is not None:
-            vocab.index_add_(0, rows_T, onehot_TE.to(torch.int32))
-        else:
-            vocab += vocab_RE
+            self._fold(layer, domain, onehot_TE.sum(0), onehot_TE.T @ onehot_TE)
+            self._vocab(layer).index_add_(0, rows_T, onehot_TE.to(torch.int32))
 
     def merge(self, other: RoutingTotals) -> None:
         """Add another process's totals (the same model on other batches) into these."""
@@ -113,12 +113,13 @@ class RoutingTotals:
         self.token_counts_R.index_add_(0, rows_R, other.token_counts_R)
         for domain, n in other.domain_tokens.items():
             self.domain_tokens[domain] += n
-            for layer, per_expert_E in other.domain_load[domain].items():
-                self.domain_load[domain][layer] = self.domain_load[domain].get(layer, 0) + per_expert_E
         for layer in other.load:
-            vocab_RE = torch.zeros(len(self.row_tokens), self.num_experts, dtype=torch.int32)
-            vocab_RE.index_add_(0, rows_R, other.vocab_load[layer])
-            self._fold(layer, None, other.load[layer], other.coactivation[layer], vocab_RE=vocab_RE)
+            self.load[layer] = self.load.get(layer, 0) + other.load[layer]
+            self.coactivation[layer] = self.coactivation.get(layer, 0) + other.coactivation[layer]
+            self._vocab(layer).index_add_(0, rows_R, other.vocab_load[layer])
+        for domain, layers in other.domain_load.items():
+            for layer, per_expert_E in layers.items():
+                self.domain_load[domain][layer] = self.domain_load[domain].get(layer, 0) + per_expert_E
 
     def summary(self, top_tokens: int = 5, min_count: int = 2) -> dict[int, dict]:
         out = {}
@@ -142,19 +143,21 @@ class RoutingTotals:
         return out
 
     def _top_tokens(self, layer: int, top: int, min_count: int) -> list[list[dict]]:
-        """Per expert, the token ids with the highest share of their occurrences routed to it (ties: the more
-        frequent first); only ids seen at least `min_count` times, so one occurrence does not read as 100%."""
-        frequent = (self.token_counts_R >= min_count).nonzero().reshape(-1)
-        counts_RE = self.vocab_load[layer][frequent].double()
-        share_RE = counts_RE / self.token_counts_R[frequent].double()[:, None]
+        """Per expert, the token ids with the highest share of their occurrences routed to it, ties broken by the
+        count, then the id (so the order does not depend on the order rows were seen in); only ids seen at least
+        `min_count` times, so one occurrence does not read as 100%."""
+        frequent_R = (self.token_counts_R >= min_count).nonzero().reshape(-1)
+        ids_R = torch.tensor(self.row_tokens, dtype=torch.int64)[frequent_R]
+        by_id = ids_R.argsort()  # three stable sorts, least significant key first: id, count, share
+        counts_RE = self.vocab_load[layer][frequent_R][by_id].double()
+        share_RE = counts_RE / self.token_counts_R[frequent_R][by_id].double()[:, None]
+        order_RE = torch.sort(-counts_RE, dim=0, stable=True).indices
+        order_RE = order_RE.gather(0, torch.sort(-share_RE.gather(0, order_RE), dim=0, stable=True).indices)
         experts = []
         for e in range(self.num_experts):
-            # share first, then frequency, then the token id: the same order whatever order the rows were seen in
-            ids = [self.row_tokens[int(r)] for r in frequent]
-            order = sorted(range(len(ids)), key=lambda r: (-share_RE[r, e].item(), -int(counts_RE[r, e]), ids[r]))
-            best = [r for r in order[:top] if counts_RE[r, e] > 0]
-            experts.append([{"id": self.row_tokens[int(frequent[r])], "count": int(counts_RE[r, e]),
-                             "share": share_RE[r, e].item()} for r in best])
+            best = [int(r) for r in order_RE[:top, e] if counts_RE[r, e] > 0]
+            experts.append([{"id": int(ids_R[by_id[r]]), "count": int(counts_RE[r, e]), "share": share_RE[r, e].item()}
+                            for r in best])
         return experts
 
 

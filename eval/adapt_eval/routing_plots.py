@@ -29,7 +29,8 @@ def _pyplot():
 
 
 def plot_analysis(result: dict, folder: Path) -> list[Path]:
-    """The pictures of an `analyze` result, written to `folder`; their paths."""
+    """The pictures of an `analyze` result as read back from analysis.json (layer numbers as strings), written to
+    `folder`; their paths."""
     plt, written = _pyplot(), []
     folder.mkdir(parents=True, exist_ok=True)
     if result["saturation"]:
@@ -38,7 +39,7 @@ def plot_analysis(result: dict, folder: Path) -> list[Path]:
         layers = sorted({int(n) for values in result["saturation"].values() for n in values})
         width = 0.8 / len(pairs)
         for i, pair in enumerate(pairs):
-            values = [result["saturation"][pair].get(n, result["saturation"][pair].get(str(n))) for n in layers]
+            values = [result["saturation"][pair][str(n)] for n in layers]  # as read from analysis.json
             ax.bar([n + i * width for n in layers], values, width, label=pair)
         k_over_e = chance(result)
         if k_over_e is not None:

@@ -21,8 +21,8 @@ from adapt_eval.routing_data import domain_texts
 
 def tokenize_domains(tokenizer, texts: dict[str, list[str]], batch_size: int, max_length: int,
                      tokens_per_domain: int | None = None) -> list[tuple]:
-    """(domain, input_ids, attention_mask) batches, each domain's texts sorted by length (less padding); and each
-    domain's fingerprint (sha256 of its token ids), so two analyses can tell they ran on the same tokens."""
+    """(domain, input_ids, attention_mask) batches, right-padded, each domain's texts sorted by length (less
+    padding)."""
     batches = []
     for domain, domain_texts_ in texts.items():
         encoded = tokenizer(domain_texts_, truncation=True, max_length=max_length)["input_ids"]
@@ -45,6 +45,7 @@ def tokenize_domains(tokenizer, texts: dict[str, list[str]], batch_size: int, ma
 
 
 def data_fingerprints(batches: list[tuple]) -> dict[str, dict]:
+    """Each domain's sha256 of its token ids, texts and tokens: two analyses can tell they ran on the same tokens."""
     out: dict[str, dict] = {}
     for domain, ids, mask in batches:
         entry = out.setdefault(domain, {"hash": hashlib.sha256(), "texts": 0, "tokens": 0})
@@ -69,14 +70,23 @@ def load_model(ref: str, dtype: torch.dtype, device, device_map: str | None):
     return (model if device_map else model.to(device)).eval()
 
 
-def _check_moe(name: str, ref: str, model):
-    from adapt.config.families import family, unsupported
+def check_model(name: str, ref: str, highest_id: int) -> int:
+    """The model's number of routed experts, read from its config (an adapter folder's base config) before any
+    weights load; an unsupported family, or a vocabulary the sample's token ids do not fit, is refused."""
+    from transformers import AutoConfig
 
-    text_config = model.config.get_text_config()
-    f = family(text_config.model_type)
+    from adapt.config.families import family, unsupported
+    from adapt.model.lora import adapter_base, is_adapter_folder
+
+    config = AutoConfig.from_pretrained(adapter_base(ref) if is_adapter_folder(ref) else ref).get_text_config()
+    f = family(config.model_type)
     if f is None:
-        raise ValueError(f"--models {name}={ref}: {unsupported(text_config.model_type)}")
-    return getattr(text_config, f.experts_attr), text_config.vocab_size
+        raise ValueError(f"--models {name}={ref}: {unsupported(config.model_type)}")
+    if highest_id >= config.vocab_size:
+        raise ValueError(f"--models {name}={ref}: the sample has token id {highest_id} (tokenized by the first "
+                         f"model's tokenizer) but this model's vocabulary is {config.vocab_size}; analyse models "
+                         "that share a tokenizer")
+    return getattr(config, f.experts_attr)
 
 
 def analyze(models: dict[str, str], domains: dict[str, str], texts_per_domain: int = 64, batch_size: int = 8,
@@ -98,14 +108,15 @@ def analyze(models: dict[str, str], domains: dict[str, str], texts_per_domain: i
     tokenizer = AutoTokenizer.from_pretrained(models[names[0]])
     batches = tokenize_domains(tokenizer, domain_texts(domains, texts_per_domain, data_dir), batch_size, max_length,
                                tokens_per_domain)
+    highest_id = max(int(ids.max()) for _, ids, _ in batches)
+    experts = {name: check_model(name, ref, highest_id) for name, ref in models.items()}  # all, before any load
     mine = list(range(state.process_index, len(batches), state.num_processes))
     pairs = list(zip(names, names[1:])) + ([(names[0], names[-1])] if len(names) > 2 else [])
     totals, sums, first, previous, seconds = {}, {f"{a}->{b}": {} for a, b in pairs}, None, None, {}
     for position, name in enumerate(names):
         model = load_model(models[name], torch_dtype, state.device, device_map)
-        num_experts, vocab_size = _check_moe(name, models[name], model)
-        totals[name] = RoutingTotals(num_experts=num_experts, vocab_size=max(vocab_size, len(tokenizer)))
-        small = torch.uint8 if num_experts <= 256 else torch.int16  # expert ids, kept for the saturation
+        totals[name] = RoutingTotals(num_experts=experts[name], vocab_size=highest_id + 1)
+        small = torch.uint8 if experts[name] <= 256 else torch.int16  # expert ids, kept for the saturation
         backbone = find_backbone(model)
         current, started = [], time.perf_counter()
         for i in mine:
