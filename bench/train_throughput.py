@@ -5,6 +5,12 @@ and random tokens.
     python bench/train_throughput.py --shape olmoe-1b-7b --seq 4096            # on a GPU (the issue's setting)
     python bench/train_throughput.py --shape tiny --seq 256 --steps 3          # anywhere, to check the harness
 
+Expert parallelism (DeepSpeed ZeRO-2 with AutoEP, a few layers of Qwen3-30B-A3B's shapes; each size runs as its own
+`torchrun` with the same process count, so `ep1`, where every rank holds every expert, is the stock baseline):
+
+    python bench/train_throughput.py --expert-parallel 1,2,8 --ep-shape qwen3-30b-a3b --layers 4 --seq 4096
+    python bench/train_throughput.py --expert-parallel 1,2 --ep-shape qwen3-tiny --layers 2 --seq 64   # CPU check
+
 Each path runs `--warmup` steps, then `--steps` timed optimizer steps (forward, backward, optimizer; gradient
 accumulation amortised; router load-balancing loss on everywhere, z-loss on in the toolkit's paths). Reported:
 tokens/s, model FLOP utilisation against the device's bf16 dense peak (GPU only), peak memory. The table is printed
@@ -209,6 +215,47 @@ def measure(args, name: str, device, dtype) -> dict:
     return row
 
 
+def expert_parallel_rows(args) -> list[dict]:
+    """One `torchrun` of bench/ep_step.py per expert-parallel size, all with the same process count."""
+    import subprocess
+    import sys
+
+    sizes = [int(x) for x in args.expert_parallel.split(",")]
+    processes = args.processes or (torch.cuda.device_count() if torch.cuda.is_available() else max(sizes))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for ep in sizes:
+            if processes % ep:
+                raise SystemExit(f"--expert-parallel {ep}: {processes} processes cannot form groups of {ep}")
+            out = os.path.join(tmp, f"ep{ep}.json")
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                   os.path.join(os.path.dirname(os.path.abspath(__file__)), "ep_step.py"), args.ep_shape,
+                   str(args.layers), str(ep), str(args.seq), str(args.steps), str(args.warmup), out]
+            subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS",
+                                                                                                "1")})
+            with open(out) as f:
+                rows.append(json.load(f))
+    base = next((r["tokens_per_s"] for r in rows if r["expert_parallel_size"] == 1), None)
+    for r in rows:
+        r["vs_ep1"] = round(r["tokens_per_s"] / base, 2) if base else None
+    return rows
+
+
+def report_expert_parallel(args) -> None:
+    import deepspeed
+    import transformers
+    from report import finish, record  # bench/report.py
+
+    rows = expert_parallel_rows(args)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.machine()
+    header = record(device=device, shape=args.ep_shape, layers=args.layers, seq=args.seq, steps=args.steps,
+                    zero="zero2", versions={"torch": torch.__version__, "transformers": transformers.__version__,
+                                            "deepspeed": deepspeed.__version__})
+    finish(header, rows, [("path", "path", ""), ("processes", "procs", "d"), ("experts_per_rank", "experts/rank", "d"),
+                          ("step_s", "step s", ".4f"), ("tokens_per_s", "tokens/s", ".1f"),
+                          ("peak_mem_gib", "peak GiB", ".2f"), ("vs_ep1", "vs ep1", ".2f")], args.json)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
@@ -222,8 +269,16 @@ def main() -> None:
     p.add_argument("--dtype", choices=["bfloat16", "float32"], help="default: bfloat16 on a GPU, float32 on the CPU")
     p.add_argument("--check-only", action="store_true", help="only the fused-experts check (runs on the CPU too)")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--expert-parallel", help="comma-separated expert-parallel sizes, e.g. 1,2,8: runs the "
+                                             "expert-parallel comparison instead of the paths")
+    p.add_argument("--ep-shape", default="qwen3-30b-a3b", help="bench/ep_step.py's SHAPES")
+    p.add_argument("--layers", type=int, default=4, help="decoder layers of --ep-shape")
+    p.add_argument("--processes", type=int, help="per run (default: the GPUs, or the largest size on the CPU)")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.expert_parallel:
+        report_expert_parallel(args)
+        return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     check = check_fused_experts(args.shape, args.batch * args.seq, device, dtype)

@@ -33,6 +33,21 @@ def test_train_throughput_runs_every_path_and_checks_the_fused_experts(tmp_path)
     assert result["check"]["adapt_fused_rel_err"] < 1e-5  # float32 on the CPU: the same numbers
 
 
+@pytest.mark.multiprocess
+def test_train_throughput_compares_expert_parallel_sizes_at_the_same_process_count(tmp_path):
+    out = tmp_path / "ep.json"
+    run_bench("train_throughput.py", "--expert-parallel", "1,2", "--ep-shape", "qwen3-tiny", "--layers", "2",
+              "--seq", "32", "--steps", "1", "--warmup", "0", "--json", str(out))
+    result = json.loads(out.read_text())
+    assert {"device", "versions", "command", "shape"} <= result.keys() and "deepspeed" in result["versions"]
+    rows = result["results"]
+    assert [(r["path"], r["processes"], r["experts_per_rank"]) for r in rows] == [("zero2-ep1", 2, 8),
+                                                                                   ("zero2-ep2", 2, 4)]
+    for r in rows:  # both ranks' tokens over the measured step
+        assert r["tokens_per_s"] == pytest.approx(2 * 32 / r["step_s"], rel=1e-2)
+    assert rows[0]["vs_ep1"] == 1.0
+
+
 @pytest.mark.slow
 def test_experts_memory_counts_less_saved_activation_for_the_fused_path(tmp_path):
     out = tmp_path / "memory.json"

@@ -145,9 +145,11 @@ def test_a_selector_that_matches_nothing_is_refused(base, tmp_path):
         apply_lora(model, config.peft, family)
 
 
-def refusal(tmp_path, base, **peft) -> str:
+def refusal(tmp_path, base, parallel=None, **peft) -> str:
     raw = with_lora(TINY_SFT.format(rows=4, lb=0.01, z=0.001, out=tmp_path / "o", steps=1), **peft)
     raw["model"] = {"name_or_path": str(base)}
+    if parallel:
+        raw["parallel"] = parallel
     with pytest.raises(RecipeError) as info:
         load_recipe(write_recipe(tmp_path / "r.yaml", yaml.safe_dump(raw)))
     assert "\n" not in str(info.value)
@@ -165,6 +167,8 @@ def test_bad_lora_settings_are_refused(base, tmp_path):
     assert refusal(tmp_path, base, targets=["atention"]).startswith("peft.targets[0]: unknown selector 'atention'")
     assert refusal(tmp_path, base, targets=["router"]).startswith("peft.targets: puts no LoRA adapter anywhere")
     assert refusal(tmp_path, base, r=0).startswith("peft: needs r >= 1")
+    assert refusal(tmp_path, base, parallel={"deepspeed": "zero2", "expert_parallel_size": 2}).startswith(
+        "peft.method: LoRA under expert parallelism is not verified")
     raw = with_lora(TINY_SFT.format(rows=4, lb=0.01, z=0.001, out=tmp_path / "o", steps=1))  # random-init base
     with pytest.raises(RecipeError, match="peft.method: a LoRA run saves only its adapter"):
         load_recipe(write_recipe(tmp_path / "c.yaml", yaml.safe_dump(raw)))

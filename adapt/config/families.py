@@ -34,9 +34,10 @@ class Family:
     top_k_attr: str  # ... and the experts chosen per token
     scoring: str  # "softmax" or "sigmoid" (module note)
     shared_experts: bool  # an always-on expert beside the routed ones (saved and reloaded like every tensor)
-    # Expert parallelism (AutoEP) is exact only where a preset reproduces the routing and the export restores every
-    # tensor: None where verified, else what goes wrong (the recipe check refuses it with this reason).
-    expert_parallel: str | None = "no AutoEP preset for it"
+    # Expert parallelism (DeepSpeed AutoEP, adapt/parallel/autoep.py): None where the toolkit's preset for the family
+    # is verified exact (tests/test_expert_parallel.py), else the DeepSpeed limitation that stops it (the recipe check
+    # refuses it with this reason).
+    expert_parallel: str | None = None
     # Whether the toolkit's `adapt_fused` experts equal transformers' grouped_mm for this family (loss and every
     # gradient, tests/test_families.py); gpt_oss's biased, interleaved experts are a layout it does not cover.
     fused: bool = False
@@ -44,6 +45,17 @@ class Family:
     # (PEFT matches it as a suffix, so qwen2_moe's `shared_expert_gate`, its shared expert's gate, comes with it)
     attention: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     router_module: str = "gate"
+    # Where the MoE block's parts are, for AutoEP's preset and for the save that puts them back: the block's name in
+    # a decoder layer, its shared expert and that expert's sigmoid gate ("" where the family has none).
+    moe_block: str = "mlp"
+    shared_expert: str = ""
+    shared_expert_gate: str = ""
+    # Whether the chosen experts' weights sum to 1 when the config has no `norm_topk_prob` (Mixtral and Granite take
+    # the softmax over the top-k logits, which is the renormalised top-k of the full softmax).
+    top_k_renormalized: bool = False
+    # Whether transformers computes the router logits in float32 whatever the model dtype (DeepSeek-V3, GLM-4-MoE);
+    # AutoEP's gate is made to do the same (adapt/parallel/autoep.py).
+    router_float32: bool = False
 
     def lora_targets(self, targets: list[str]) -> dict[str, dict[str, list[str]]]:
         """Per recipe selector (`peft.targets`), what PEFT adapts: `target_modules` (LoRA on linear layers),
@@ -65,23 +77,26 @@ class Family:
 
 FAMILIES = {f.model_type: f for f in (
     Family("olmoe", "OlmoeConfig", "OlmoeForCausalLM", "num_experts", "num_experts_per_tok", "softmax", False,
-           expert_parallel=None, fused=True),
-    Family("qwen3_moe", "Qwen3MoeConfig", "Qwen3MoeForCausalLM", "num_experts", "num_experts_per_tok", "softmax",
-           False, expert_parallel="DeepSpeed's qwen3_moe preset fails on transformers 5.23", fused=True),
-    Family("qwen2_moe", "Qwen2MoeConfig", "Qwen2MoeForCausalLM", "num_experts", "num_experts_per_tok", "softmax",
-           True, expert_parallel="AutoEP drops the shared expert, from the forward and from the saved folder",
            fused=True),
+    Family("qwen3_moe", "Qwen3MoeConfig", "Qwen3MoeForCausalLM", "num_experts", "num_experts_per_tok", "softmax",
+           False, fused=True),
+    Family("qwen2_moe", "Qwen2MoeConfig", "Qwen2MoeForCausalLM", "num_experts", "num_experts_per_tok", "softmax",
+           True, fused=True, shared_expert="shared_expert", shared_expert_gate="shared_expert_gate"),
     Family("mixtral", "MixtralConfig", "MixtralForCausalLM", "num_local_experts", "num_experts_per_tok", "softmax",
-           False, expert_parallel="DeepSpeed's mixtral preset fails on transformers 5.23", fused=True),
+           False, fused=True, top_k_renormalized=True),
     Family("deepseek_v3", "DeepseekV3Config", "DeepseekV3ForCausalLM", "n_routed_experts", "num_experts_per_tok",
-           "sigmoid", True, expert_parallel="AutoEP drops the shared experts and the score bias", fused=True,
+           "sigmoid", True, fused=True, shared_expert="shared_experts", router_float32=True,
            attention=("q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj")),
     Family("glm4_moe", "Glm4MoeConfig", "Glm4MoeForCausalLM", "n_routed_experts", "num_experts_per_tok", "sigmoid",
-           True, expert_parallel="AutoEP drops the shared experts and the score bias", fused=True),
+           True, fused=True, shared_expert="shared_experts", router_float32=True),
     Family("gpt_oss", "GptOssConfig", "GptOssForCausalLM", "num_local_experts", "num_experts_per_tok", "softmax",
-           False, expert_parallel="AutoEP has no layout for its biased, interleaved experts", router_module="router"),
+           False, router_module="router",
+           expert_parallel="DeepSpeed 0.19.8's AutoEP experts (GroupedExperts) have no per-expert biases, so "
+                           "gate_up_proj_bias and down_proj_bias would be dropped, and read gate/up as two halves "
+                           "where gpt_oss interleaves them"),
     Family("granitemoe", "GraniteMoeConfig", "GraniteMoeForCausalLM", "num_local_experts", "num_experts_per_tok",
-           "softmax", False, fused=True, router_module="router"),
+           "softmax", False, fused=True, router_module="router", moe_block="block_sparse_moe",
+           top_k_renormalized=True),
 )}
 
 
@@ -119,9 +134,8 @@ def combination_problems(f: Family, *, load_balancing_weight: float, z_loss_weig
                 problems.append((f"router.{key}", f"{f.model_type} routes by sigmoid scores balanced by a score bias; "
                                  f"no {name} is defined for it (adapt/config/families.py)", f"set router.{key}: 0"))
     if expert_parallel_size > 1 and f.expert_parallel:
-        verified = ", ".join(m for m, g in FAMILIES.items() if g.expert_parallel is None)
-        problems.append(("parallel.expert_parallel_size", f"expert parallelism is verified only for {verified}; "
-                         f"for {f.model_type}: {f.expert_parallel}",
+        problems.append(("parallel.expert_parallel_size", f"expert parallelism cannot run {f.model_type} exactly: "
+                         f"{f.expert_parallel}",
                          "use parallel.expert_parallel_size: 1 (ZeRO shards the experts instead)"))
     if experts_implementation == "adapt_fused" and not f.fused:
         problems.append(("model.experts_implementation", f"adapt_fused is not verified for {f.model_type}",

@@ -370,7 +370,8 @@ def _check_peft(s: dict[str, Any], file: str | None, check_hardware: bool) -> No
                           "not built at random from model.config", "save the base and set model.name_or_path to it")
     if s["parallel"].expert_parallel_size > 1:
         raise RecipeError(file, "peft.method", "LoRA under expert parallelism is not verified (AutoEP replaces the "
-                          "experts the adapters attach to)", "use parallel.expert_parallel_size: 1 with ZeRO")
+                          "MoE blocks and the fused experts PEFT's adapters attach to)",
+                          "use parallel.expert_parallel_size: 1 with ZeRO")
     if peft.quantize:
         import torch
 

@@ -50,8 +50,8 @@ def load_balancing_loss(router_logits: Sequence[torch.Tensor], num_experts: int,
 @dataclass
 class RouterCapture:
     """One forward's routing, per MoE layer in order: the model's layer number, the router logits [T, E] and the
-    experts it chose [T, K] (None where only the logits were recorded: under AutoEP, OLMoE only, whose choice is the
-    softmax top-k). `token_mask_T` marks real tokens (None: all are)."""
+    experts it chose [T, K] (None where only the logits are known, e.g. hand-built logits in a test: the softmax
+    top-k is counted then). `token_mask_T` marks real tokens (None: all are)."""
 
     layer_ids: list[int]
     logits: list[torch.Tensor]

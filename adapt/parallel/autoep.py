@@ -1,75 +1,152 @@
-"""Expert parallelism for OLMoE through DeepSpeed AutoEP, and the way back to the plain transformers layout.
+"""Expert parallelism through DeepSpeed AutoEP for every family it can run exactly, and the way back to the plain
+transformers layout.
 
-Design note (what DeepSpeed 0.19.8 does, measured on the CPU with 2 gloo processes):
-- AutoEP replaces each `model.layers.i.mlp` (router + fused experts) with an `AutoEPMoELayer` whose experts are
-  split over `autoep_size` ranks and exchanged with all-to-all. No OLMoE preset ships, so `register_olmoe_preset`
-  adds one that keeps OLMoE's routing exactly: softmax scores, top-k, *no* renormalisation of the top-k weights,
-  dropless, weights applied after the expert ("post"), no gate bias and no bias-based balancing.
-- AutoEP removes `OlmoeTopKRouter`, the module transformers records `router_logits` from, so the load-balancing
-  loss (and our z-loss) would have nothing to work on. `keep_router_logits` points the model's recorder at the
-  AutoEP router's `gate` linear layer as well, whose output is the same raw logits. (DeepSpeed's own adapter for
-  this crashes on transformers 5.23.)
-- In the AutoEP module tree experts are `experts.w1/w3` (the gate and up halves of `gate_up_proj`) and `experts.w2`
-  (`down_proj`), each holding only this rank's experts, and the router is `router.gate`. `hf_state_dict` gathers
-  every rank's experts and renames everything back, so a saved run loads with `OlmoeForCausalLM.from_pretrained`.
+Design note (DeepSpeed 0.19.8, transformers 5.23, measured on the CPU with 2 gloo processes; the parity tests are
+tests/test_expert_parallel.py):
+- AutoEP replaces each MoE block (router + fused experts [+ shared expert]) with an `AutoEPMoELayer` whose experts
+  are split over `autoep_size` ranks and exchanged with all-to-all. Its router (`TokenChoiceTopKRouter`) computes
+  softmax or sigmoid scores, the score-correction bias and group-limited choice (DeepSeek-V3), the top-k, optional
+  renormalisation and a route scale; the experts are SwiGLU; a shared expert is kept as it is, with its sigmoid
+  gate. That covers olmoe, qwen3_moe, qwen2_moe, mixtral, deepseek_v3, glm4_moe and granitemoe exactly.
+- DeepSpeed's own presets do not serve transformers 5.23: its qwen3_moe preset (which also claims qwen2_moe) and its
+  mixtral preset crash while retargeting transformers' router-logit recorder (`TypeError: _CanRecordRegistry.get()
+  takes 2 positional arguments but 3 were given`); there is none for olmoe, glm4_moe or granitemoe (its deepseek_v3
+  preset runs). `register_presets` registers one preset per family, built from the family table
+  (adapt/config/families.py) with DeepSpeed's default adapter (no recorder retargeting), ahead of DeepSpeed's, so
+  AutoEP's own detection by `model.config.model_type` picks ours. No DeepSpeed code is patched: the preset registry
+  is the extension point DeepSpeed's presets themselves use.
+- What each preset leaves to the model config: `norm_topk_prob` (AutoEP reads it; families without it use the
+  preset's `route_norm`, true for Mixtral and Granite, whose softmax over the top-k logits is the renormalised top-k),
+  `n_group`/`topk_group` and `routed_scaling_factor` (AutoEP back-fills them from the config).
+- AutoEP removes the family's router module, the class transformers records `router_logits` from. The toolkit does
+  not use transformers' recording for the router losses: `routing_sources` names, per MoE layer, the module whose
+  output is the logits and the one whose output is the chosen experts, for the transformers block and for AutoEP's
+  (`router.gate` and `router`), and the trainer hooks those (adapt/trainers/router.py). Statistics therefore count
+  the experts AutoEP really chose, bias and groups included.
+- AutoEP's gate runs in the model dtype. Where transformers computes a family's router logits in float32 (deepseek_v3,
+  glm4_moe: `router_float32` in the table), `match_router_precision` makes the gate do the same once AutoEP has
+  converted the model; in bfloat16 the expert-parallel model then equals transformers' (tested with ep_size 1), where
+  otherwise near-tied experts could be chosen differently.
+- In AutoEP's module tree the experts are `experts.w1/w3` (the gate and up halves of `gate_up_proj`) and
+  `experts.w2` (`down_proj`), each holding only this rank's experts; the router is `router.gate` (plus the
+  `router.e_score_correction_bias` buffer), the shared expert `shared_experts` and its gate `shared_experts_gate`.
+  `hf_state_dict` gathers every rank's experts, renames everything back to the family's names and checks the result
+  holds exactly the tensors of the transformers model, so a saved run loads with `from_pretrained`.
+- Not exact, so refused by the recipe check (the family's `expert_parallel` reason): gpt_oss, whose biased,
+  interleaved experts AutoEP's GroupedExperts cannot hold.
 """
 
 from __future__ import annotations
 
 import re
+import types
 
 import torch
+import torch.nn.functional as F
 
-PRESET = "olmoe"
+from adapt.config.families import FAMILIES, Family, family
+
+PRESET_PREFIX = "adapt_"
 
 
-def register_olmoe_preset() -> None:
-    """Make `"preset_model": "olmoe"` available to AutoEP (idempotent; needed in every process before
-    `deepspeed.initialize`)."""
-    from deepspeed.module_inject.auto_ep_presets import registry
+def verified_families() -> list[Family]:
+    return [f for f in FAMILIES.values() if f.expert_parallel is None]
+
+
+def preset(f: Family):
+    """The AutoEP preset that reproduces `f`'s MoE block (module note)."""
     from deepspeed.module_inject.auto_ep_presets.base import MoEModelPreset
 
-    if PRESET in registry.PRESET_MODELS:
+    return MoEModelPreset(
+        moe_layer_pattern=rf"model\.layers\.\d+\.{f.moe_block}", router_pattern=f.router_module,
+        experts_pattern="experts", expert_storage="fused_3d", expert_w1="gate_up_proj", expert_w2="down_proj",
+        expert_w3=None, num_experts_attr=f.experts_attr, top_k_attr=f.top_k_attr, score_func=f.scoring,
+        score_apply="post", route_norm=f.top_k_renormalized, gate_bias=False,
+        has_shared_experts=bool(f.shared_expert), shared_experts_pattern=f.shared_expert,
+        shared_experts_gate_pattern=f.shared_expert_gate, preset_adapter="default", hf_model_types=(f.model_type,))
+
+
+def register_presets() -> None:
+    """Register the toolkit's presets ahead of DeepSpeed's (idempotent; needed in every process before
+    `deepspeed.initialize`). The dict is reordered in place: AutoEP's detection takes the first preset that names
+    the model's `model_type`."""
+    from deepspeed.module_inject.auto_ep_presets import registry
+
+    ours = {PRESET_PREFIX + f.model_type: preset(f) for f in verified_families()}
+    if list(registry.PRESET_MODELS)[:len(ours)] == list(ours):
         return
-    registry.PRESET_MODELS[PRESET] = MoEModelPreset(
-        moe_layer_pattern=r"model\.layers\.\d+\.mlp", router_pattern="gate", experts_pattern="experts",
-        expert_storage="fused_3d", expert_w1="gate_up_proj", expert_w2="down_proj", expert_w3=None,
-        num_experts_attr="num_experts", top_k_attr="num_experts_per_tok",
-        score_func="softmax", score_apply="post", route_norm=False, gate_bias=False,
-        preset_adapter="default", hf_model_types=("olmoe",))
+    theirs = {name: p for name, p in registry.PRESET_MODELS.items() if name not in ours}
+    registry.PRESET_MODELS.clear()
+    registry.PRESET_MODELS.update({**ours, **theirs})
 
 
 def expert_parallel_section(size: int) -> dict:
-    return {"enabled": True, "autoep_size": size, "preset_model": PRESET, "route_norm": False}
-
-
-def keep_router_logits(model) -> None:
-    """Record router logits from the HF router or, once AutoEP has swapped the block, its `router.gate`."""
-    from transformers.models.olmoe.modeling_olmoe import OlmoeTopKRouter
-    from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY, OutputRecorder
-
-    inner = model.model
-    flags = dict(_CAN_RECORD_REGISTRY.get(inner) or {})
-    flags["router_logits"] = [OutputRecorder(OlmoeTopKRouter, index=0),
-                              OutputRecorder(torch.nn.Linear, index=0, layer_name="mlp.router.gate")]
-    _CAN_RECORD_REGISTRY[inner] = flags
-    # transformers installs its recording hooks once, on the first forward; reinstall on the next one so a model
-    # that already ran (or whose blocks AutoEP has since replaced) records from the current modules.
-    inner._output_capturing_hooks_installed = False
+    """The DeepSpeed config's `expert_parallel` section. No `preset_model` and no routing overrides: AutoEP picks the
+    family's preset from the model's `model_type` and reads `norm_topk_prob`, the groups and the route scale from the
+    model config, so one recipe setting serves every family."""
+    return {"enabled": True, "autoep_size": size}
 
 
 def is_autoep(model) -> bool:
     return any(type(m).__name__ == "AutoEPMoELayer" for m in model.modules())
 
 
-EXPERT = re.compile(r"^(.*\.mlp)\.experts\.(w1|w2|w3)$")
+def describe(model) -> dict | None:
+    """What AutoEP really did to the model, for the run record: the preset, the expert-parallel size, the experts each
+    rank holds and the MoE layers replaced. None when no block was replaced."""
+    layers = [(name, m) for name, m in model.named_modules() if type(m).__name__ == "AutoEPMoELayer"]
+    if not layers:
+        return None
+    first = layers[0][1]
+    return {"preset": first.model_family, "expert_parallel_size": first.ep_size,
+            "experts_per_rank": first.num_local_experts, "layers": [name for name, _ in layers]}
+
+
+def match_router_precision(model) -> int:
+    """Where the family's transformers router computes its logits in float32 (module note), have each AutoEP gate
+    do the same. Idempotent; returns the number of gates changed. Call it after AutoEP has converted the model."""
+    f = family(model.config.get_text_config().model_type)
+    if f is None or not f.router_float32:
+        return 0
+    changed = 0
+    for module in model.modules():
+        gate = getattr(getattr(module, "router", None), "gate", None)
+        if type(module).__name__ == "AutoEPMoELayer" and not getattr(gate, "_adapt_float32", False):
+            gate.forward = types.MethodType(_float32_linear, gate)
+            gate._adapt_float32 = True
+            changed += 1
+    return changed
+
+
+def _float32_linear(gate: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x.float(), gate.weight.float(), None if gate.bias is None else gate.bias.float())
+
+
+LAYER = re.compile(r"layers\.(\d+)\.")
+
+
+def routing_sources(backbone: torch.nn.Module) -> list[tuple[int, torch.nn.Module, torch.nn.Module]]:
+    """For each AutoEP layer: (layer number, the module whose output is the router logits [T, E], the router whose
+    forward returns (weights [T, K], chosen experts [T, K], counts [E])). Empty before AutoEP converted the model."""
+    found = []
+    for name, module in backbone.named_modules():
+        if type(module).__name__ == "AutoEPMoELayer":
+            layer = LAYER.search(name + ".")
+            found.append((int(layer.group(1)) if layer else len(found), module.router.gate, module.router))
+    return found
+
+
+# ------------------------------------------------------------------------------------------ back to transformers
+
+EXPERT = re.compile(r"^(.*)\.experts\.(w1|w2|w3)$")
 
 
 def hf_state_dict(model, ep_size: int) -> dict[str, torch.Tensor]:
-    """The full model in transformers' OLMoE layout, on every rank (a collective: call it on all ranks).
+    """The full model in transformers' layout of its family, on every rank (a collective: call it on all ranks).
 
     Expert-parallel groups are consecutive ranks (DeepSpeed's layout), so ranks 0..ep_size-1 together hold every
-    expert once, rank r the r-th slice.
+    expert once, rank r the r-th slice. Raises ValueError when the result is not exactly the transformers model's
+    tensors (a saved folder must hold every tensor, and nothing else).
     """
     import torch.distributed as dist
 
@@ -78,13 +155,15 @@ def hf_state_dict(model, ep_size: int) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for key in sorted(local):
         tensor = local[key]
-        match = EXPERT.match(key)
-        if match and world > 1:
+        if EXPERT.match(key) and world > 1:
             parts = [torch.empty_like(tensor) for _ in range(world)]
             dist.all_gather(parts, tensor.contiguous())
             tensor = torch.cat(parts[:ep_size], dim=0)  # [E_local, ...] slices in expert order
         out[key] = tensor
-    return _rename(out)
+    f = family(model.config.get_text_config().model_type)
+    state = to_transformers_names(out, f)
+    _check_complete(model.config, state)
+    return state
 
 
 def _local_state(model) -> dict[str, torch.Tensor]:
@@ -98,16 +177,38 @@ def _local_state(model) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def _rename(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def to_transformers_names(state: dict[str, torch.Tensor], f: Family) -> dict[str, torch.Tensor]:
+    """AutoEP's names and expert halves -> the family's transformers names and fused expert tensors."""
+    block = re.compile(rf"^(.*\.{re.escape(f.moe_block)})\.(router\.gate|router|shared_experts_gate|shared_experts)\.")
+    renamed = {"router.gate": f.router_module, "router": f.router_module, "shared_experts": f.shared_expert,
+               "shared_experts_gate": f.shared_expert_gate}
     hf: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
-        match = EXPERT.match(key)
-        if match is None:
-            hf[key.replace(".mlp.router.gate.", ".mlp.gate.")] = tensor
+        expert = EXPERT.match(key)
+        if expert:
+            prefix, which = expert.groups()
+            if which == "w2":
+                hf[f"{prefix}.experts.down_proj"] = tensor  # [E, H, I]
+            elif which == "w1":  # gate rows first, then up: transformers' fused gate_up_proj [E, 2I, H]
+                hf[f"{prefix}.experts.gate_up_proj"] = torch.cat([tensor, state[f"{prefix}.experts.w3"]], dim=1)
             continue
-        prefix, which = match.groups()
-        if which == "w2":
-            hf[f"{prefix}.experts.down_proj"] = tensor  # [E, H, I]
-        elif which == "w1":  # gate rows first, then up: transformers' fused gate_up_proj [E, 2I, H]
-            hf[f"{prefix}.experts.gate_up_proj"] = torch.cat([tensor, state[f"{prefix}.experts.w3"]], dim=1)
+        part = block.match(key)
+        if part:
+            prefix, name = part.groups()
+            key = f"{prefix}.{renamed[name]}.{key[part.end():]}"
+        hf[key] = tensor
     return hf
+
+
+def _check_complete(config, state: dict[str, torch.Tensor]) -> None:
+    """The gathered state has exactly the tensors, and shapes, of the transformers model built from `config`."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        expected = AutoModelForCausalLM.from_config(config).state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or extra or shapes:
+        raise ValueError(f"the expert-parallel model does not convert back to {type(config).__name__}'s layout: "
+                         f"missing {missing[:3]}, unexpected {extra[:3]}, shapes differ for {shapes[:3]}")

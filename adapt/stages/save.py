@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from adapt.runfolder import write_marker
+from adapt.runfolder import RunFolderError, write_marker
 
 
 def save_run(trainer, config, tokenizer, started: float, data_summary: dict | None = None) -> Path:
@@ -44,6 +44,10 @@ def save_run(trainer, config, tokenizer, started: float, data_summary: dict | No
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
         "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
     }
+    from adapt.parallel.autoep import describe
+
+    if describe(trainer.model) is not None:
+        record["expert_parallel"] = describe(trainer.model)
     if data_summary is not None:
         (out / "data_summary.json").write_text(json.dumps(data_summary, indent=2) + "\n", encoding="utf-8")
     bad = non_finite_tensors(out)
@@ -81,7 +85,10 @@ def _save_weights(trainer, config, out: Path) -> None:
             # the copy is the starting point, not part of the trained model
             shutil.rmtree(out / "ref")
         return
-    state = hf_state_dict(trainer.model, config.parallel.expert_parallel_size)  # collective: every rank
+    try:
+        state = hf_state_dict(trainer.model, config.parallel.expert_parallel_size)  # collective: every rank
+    except ValueError as e:  # never write a folder that lacks a tensor of the model
+        raise RunFolderError(f"{out}: {e}; the run is not saved") from None
     if trainer.accelerator.is_main_process:
         trainer.model.save_pretrained(str(out), state_dict=state)
     trainer.accelerator.wait_for_everyone()

@@ -59,11 +59,10 @@ def prepare_model(model, config) -> None:
                            int(os.environ.get("WORLD_SIZE", ep)))
     if problem:
         sys.exit(f"error: {config.recipe_path}: parallel.expert_parallel_size: {problem}")
-    if ep > 1:
-        from adapt.parallel.autoep import keep_router_logits, register_olmoe_preset
+    if ep > 1:  # AutoEP converts the model inside `deepspeed.initialize`, with the toolkit's preset for its family
+        from adapt.parallel.autoep import register_presets
 
-        register_olmoe_preset()
-        keep_router_logits(model)
+        register_presets()
 
 
 def add_adapters(model, config):

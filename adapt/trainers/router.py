@@ -20,8 +20,10 @@ tests/test_loss_reduction.py checks both against a hand-written reference under 
 
 Only the first forward inside one `compute_loss` is kept: that is the policy forward in both SFT and DPO. A
 separate DPO reference model has no hooks, and a PEFT reference (adapters disabled) runs after the policy. Under
-expert parallelism AutoEP replaces the router modules (OLMoE only, adapt/parallel/autoep.py), so the logits come
-from the backbone's recorded `router_logits` instead and the choice is their softmax top-k, which is OLMoE's rule.
+expert parallelism DeepSpeed replaces the MoE blocks inside `deepspeed.initialize`, after this trainer is built, so
+the router hooks are (re)attached at each `compute_loss` to whatever routers the model holds then: AutoEP's router
+gives the logits from its `gate` and the chosen experts from its own forward (`adapt.parallel.autoep.routing_sources`),
+so losses and statistics come from the same record as without expert parallelism.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import torch
 
 from adapt.config.families import family
 from adapt.losses.router import RouterCapture, RouterStats, load_balancing_loss, router_stats, router_z_loss
+from adapt.parallel.autoep import match_router_precision, routing_sources
 
 
 def find_backbone(model: torch.nn.Module) -> torch.nn.Module:
@@ -62,6 +65,70 @@ def router_modules(backbone: torch.nn.Module) -> list[tuple[int, torch.nn.Module
     return found
 
 
+class RoutingRecorder:
+    """The routing of the first backbone forward between `start()` and `stop()`: per MoE layer its number, the
+    router logits [T, E] (with their graph, for the losses) and the experts the router chose [T, K], plus the padding
+    mask of that forward. Router hooks are attached at `start()` to the routers the model holds then: the family's
+    router modules, or AutoEP's once DeepSpeed has replaced the blocks (module note)."""
+
+    def __init__(self, backbone: torch.nn.Module):
+        self.backbone = backbone
+        self._hooked: set[int] = set()
+        self._on = False
+        self._collecting: dict | None = None
+        self._captured: RouterCapture | None = None
+        self._pending_logits: dict[int, torch.Tensor] = {}
+        backbone.register_forward_pre_hook(self._start_forward, with_kwargs=True)
+        backbone.register_forward_hook(self._end_forward)
+
+    def start(self) -> None:
+        self._attach()
+        self._captured, self._collecting, self._on = None, None, True
+
+    def stop(self) -> RouterCapture | None:
+        captured, self._captured = self._captured, None
+        self._on, self._collecting = False, None
+        return captured
+
+    def _attach(self) -> None:
+        for layer_id, module in router_modules(self.backbone):
+            if id(module) not in self._hooked:
+                self._hooked.add(id(module))
+                module.register_forward_hook(partial(self._record_router, layer_id))
+        for layer_id, gate, router in routing_sources(self.backbone):
+            if id(router) not in self._hooked:
+                self._hooked.add(id(router))
+                gate.register_forward_hook(partial(self._record_logits, layer_id))
+                router.register_forward_hook(partial(self._record_choice, layer_id))
+
+    def _start_forward(self, module, args, kwargs):
+        if self._on and self._captured is None and self._collecting is None:
+            self._collecting = {"mask": kwargs.get("attention_mask"), "layers": [], "logits": [], "indices": []}
+
+    def _add(self, layer_id, logits_TE, index_TK):
+        self._collecting["layers"].append(layer_id)
+        self._collecting["logits"].append(logits_TE)
+        self._collecting["indices"].append(index_TK)
+
+    def _record_router(self, layer_id, module, args, output):
+        if self._collecting is not None:  # (router_logits [T, E], top-k weights, top-k indices [T, K])
+            self._add(layer_id, output[0], output[2])
+
+    def _record_logits(self, layer_id, module, args, output):  # AutoEP's router.gate: the logits [T, E]
+        if self._collecting is not None:
+            self._pending_logits[layer_id] = output
+
+    def _record_choice(self, layer_id, module, args, output):  # AutoEP's router: (weights, chosen [T, K], counts)
+        if self._collecting is not None:
+            self._add(layer_id, self._pending_logits.pop(layer_id), output[1])
+
+    def _end_forward(self, module, args, output):
+        collected, self._collecting = self._collecting, None
+        if collected is not None and collected["logits"]:
+            mask = collected["mask"] if collected["mask"] is not None and collected["mask"].dim() == 2 else None
+            self._captured = RouterCapture(collected["layers"], collected["logits"], collected["indices"], mask)
+
+
 class RouterLossMixin:
     """Mix in before a TRL trainer: `class AdaptSFTTrainer(RouterLossMixin, SFTTrainer)`."""
 
@@ -71,41 +138,12 @@ class RouterLossMixin:
         text_config = self.model.config.get_text_config()
         self.family = family(getattr(text_config, "model_type", None))
         self._is_moe = self.family is not None
-        self._captured: RouterCapture | None = None
-        self._collecting: dict | None = None
-        self._capture_on = False
         self._stats: RouterStats | None = None
         self._router_metrics = defaultdict(list)
         if self._is_moe:
             self._top_k = getattr(text_config, self.family.top_k_attr)
             self._num_experts = getattr(text_config, self.family.experts_attr)
-            backbone = find_backbone(self.model)
-            backbone.register_forward_pre_hook(self._start_capture, with_kwargs=True)
-            backbone.register_forward_hook(self._end_capture, with_kwargs=True)
-            for layer_id, module in router_modules(backbone):
-                module.register_forward_hook(partial(self._record_router, layer_id))
-
-    # ------------------------------------------------------------------------------------------------- recording
-    def _start_capture(self, module, args, kwargs):
-        if self._capture_on and self._captured is None and self._collecting is None:
-            self._collecting = {"mask": kwargs.get("attention_mask"), "layers": [], "logits": [], "indices": []}
-
-    def _record_router(self, layer_id, module, args, output):
-        if self._collecting is not None:  # (router_logits [T, E], top-k weights, top-k indices [T, K])
-            self._collecting["layers"].append(layer_id)
-            self._collecting["logits"].append(output[0])
-            self._collecting["indices"].append(output[2])
-
-    def _end_capture(self, module, args, kwargs, output):
-        collected, self._collecting = self._collecting, None
-        if collected is None:
-            return
-        mask = collected["mask"] if collected["mask"] is not None and collected["mask"].dim() == 2 else None
-        if collected["logits"]:
-            self._captured = RouterCapture(collected["layers"], collected["logits"], collected["indices"], mask)
-        elif getattr(output, "router_logits", None):  # AutoEP replaced the routers (module note)
-            logits = list(output.router_logits)
-            self._captured = RouterCapture(list(range(len(logits))), logits, None, mask)
+            self._recorder = RoutingRecorder(find_backbone(self.model))
 
     def _router_loss_divisor(self, num_items_in_batch) -> int:
         """How the trainer scales a per-micro-batch mean for gradient accumulation (TRL's SFT scales it itself)."""
@@ -118,16 +156,16 @@ class RouterLossMixin:
             # TRL divides its token sum by `num_items_in_batch`; 1 keeps the sum (and under `sum` the recipe turns
             # `average_tokens_across_devices` off, so TRL does not multiply it by the process count either).
             num_items_in_batch = 1
-        if self._is_moe and self.args.parallel.expert_parallel_size > 1:
-            inputs["output_router_logits"] = True  # the backbone records the logits AutoEP's routers give
-        self._captured, self._capture_on = None, self._is_moe
+        if self._is_moe:
+            if self.args.parallel.expert_parallel_size > 1:  # AutoEP converts the model after this trainer is built
+                match_router_precision(self.model)
+            self._recorder.start()
         try:
             result = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                           num_items_in_batch=num_items_in_batch)
         finally:
-            self._capture_on, self._collecting = False, None
+            captured = self._recorder.stop() if self._is_moe else None
         loss = result[0] if return_outputs else result
-        captured, self._captured = self._captured, None
         if captured is not None:
             loss = loss + self._router_terms(captured, summed=summed, num_items_in_batch=num_items_in_batch)
         if summed and model.training:
