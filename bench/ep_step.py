@@ -2,9 +2,10 @@
 torchrun, once per expert-parallel size, with the same process count each time).
 
 A few layers of a real MoE's shapes (random weights, random tokens) under DeepSpeed ZeRO-2 with the toolkit's AutoEP
-presets (`expert_parallel_size` 1 = every rank holds every expert: the stock data-parallel baseline), the router's
-load-balancing and z-losses on as the trainers add them. Rank 0 writes one JSON row: tokens/s over all ranks, step
-time, peak memory per rank (CUDA), the experts each rank holds.
+presets, the router's load-balancing and z-losses on as the trainers add them. `expert_parallel_size` 1 is the stock
+data-parallel baseline: every rank holds every expert, run by transformers' grouped_mm; above 1 AutoEP's
+GroupedExperts run them, so a ratio includes both the parallelism and the experts implementation. Rank 0 writes one
+JSON row: tokens/s over all ranks, step time, peak memory per rank (CUDA), the experts each rank holds.
 
     torchrun --nproc_per_node N bench/ep_step.py SHAPE LAYERS EP SEQ STEPS WARMUP OUT.json
 """

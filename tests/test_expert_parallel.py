@@ -38,6 +38,28 @@ def test_every_family_is_verified_or_refused_with_a_deepspeed_reason():
     assert "GroupedExperts" in FAMILIES["gpt_oss"].expert_parallel  # the named DeepSpeed limitation
 
 
+def test_router_jitter_is_refused_under_expert_parallelism(tmp_path):
+    """Mixtral's config can ask for multiplicative router-input noise in training, which AutoEP's router does not
+    apply: refused by the recipe check (and, for a loaded model, by the stage before DeepSpeed starts)."""
+    from adapt.config import RecipeError, load_recipe
+    from adapt.config.families import expert_parallel_config_problems
+
+    recipe = family_recipe(tmp_path, "mixtral", "sft", output_dir=str(tmp_path / "o"))
+    raw = yaml.safe_load(recipe.read_text())
+    raw["model"]["config"]["router_jitter_noise"] = 0.1
+    raw["parallel"]["expert_parallel_size"] = 2
+    with pytest.raises(RecipeError) as info:
+        load_recipe(write_recipe(tmp_path / "jitter.yaml", yaml.safe_dump(raw)))
+    assert "parallel.expert_parallel_size: the model config sets router_jitter_noise=0.1, which DeepSpeed's AutoEP " \
+           "router does not apply" in str(info.value) and "\n" not in str(info.value)
+    from transformers import MixtralConfig
+
+    assert expert_parallel_config_problems(MixtralConfig(router_jitter_noise=0.1))
+    assert expert_parallel_config_problems(MixtralConfig()) == []
+    raw["parallel"]["expert_parallel_size"] = 1  # without expert parallelism transformers' own block runs
+    load_recipe(write_recipe(tmp_path / "jitter1.yaml", yaml.safe_dump(raw)))
+
+
 def test_presets_are_registered_ahead_of_deepspeeds_own():
     from deepspeed.module_inject.auto_ep_presets import registry
 

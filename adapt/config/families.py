@@ -50,8 +50,8 @@ class Family:
     moe_block: str = "mlp"
     shared_expert: str = ""
     shared_expert_gate: str = ""
-    # Whether the chosen experts' weights sum to 1 when the config has no `norm_topk_prob` (Mixtral and Granite take
-    # the softmax over the top-k logits, which is the renormalised top-k of the full softmax).
+    # Whether the chosen experts' weights sum to 1 when the config has no `norm_topk_prob`: Mixtral renormalises the
+    # top-k of its softmax, Granite takes the softmax over the top-k logits, which is the same function.
     top_k_renormalized: bool = False
     # Whether transformers computes the router logits in float32 whatever the model dtype (DeepSeek-V3, GLM-4-MoE);
     # AutoEP's gate is made to do the same (adapt/parallel/autoep.py).
@@ -110,9 +110,11 @@ def unsupported(model_type: str | None) -> str:
             f"(adapt/config/families.py)")
 
 
-def check_combination(model_type: str | None, model, router, parallel) -> tuple[str, str, str] | None:
+def check_combination(model_type: str | None, model, router, parallel,
+                      model_config=None) -> tuple[str, str, str] | None:
     """(recipe key, why, fix) for the first thing this recipe asks that the model's family cannot do exactly (the
-    sections are the recipe's `model`, `router` and `parallel`); None when all is well."""
+    sections are the recipe's `model`, `router` and `parallel`; `model_config` the model's config when known, a
+    transformers config or the recipe's `model.config` mapping); None when all is well."""
     f = family(model_type)
     if f is None:
         return ("model", unsupported(model_type), "choose a model of a supported family")
@@ -120,7 +122,24 @@ def check_combination(model_type: str | None, model, router, parallel) -> tuple[
                                     z_loss_weight=router.z_loss_weight,
                                     expert_parallel_size=parallel.expert_parallel_size,
                                     experts_implementation=model.experts_implementation)
+    if parallel.expert_parallel_size > 1 and model_config is not None:
+        problems += expert_parallel_config_problems(model_config)
     return problems[0] if problems else None
+
+
+def expert_parallel_config_problems(model_config) -> list[tuple[str, str, str]]:
+    """Model-config settings that AutoEP's layer would compute differently from transformers' block."""
+    if not isinstance(model_config, dict) and hasattr(model_config, "get_text_config"):
+        model_config = model_config.get_text_config()
+
+    def value(name):
+        return model_config.get(name) if isinstance(model_config, dict) else getattr(model_config, name, None)
+
+    if value("router_jitter_noise"):  # transformers multiplies the router input by noise in training; AutoEP not
+        return [("parallel.expert_parallel_size", f"the model config sets router_jitter_noise="
+                 f"{value('router_jitter_noise')}, which DeepSpeed's AutoEP router does not apply",
+                 "use parallel.expert_parallel_size: 1, or a model config with router_jitter_noise: 0")]
+    return []
 
 
 def combination_problems(f: Family, *, load_balancing_weight: float, z_loss_weight: float,

@@ -338,7 +338,7 @@ def _check_family(s: dict[str, Any], file: str | None) -> None:
 
     model_type = known_model_type(s["model"])
     if model_type is not None:
-        problem = check_combination(model_type, s["model"], s["router"], s["parallel"])
+        problem = check_combination(model_type, s["model"], s["router"], s["parallel"], s["model"].config)
         if problem:
             raise RecipeError(file, *problem)
 

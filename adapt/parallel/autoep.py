@@ -7,7 +7,11 @@ tests/test_expert_parallel.py):
   are split over `autoep_size` ranks and exchanged with all-to-all. Its router (`TokenChoiceTopKRouter`) computes
   softmax or sigmoid scores, the score-correction bias and group-limited choice (DeepSeek-V3), the top-k, optional
   renormalisation and a route scale; the experts are SwiGLU; a shared expert is kept as it is, with its sigmoid
-  gate. That covers olmoe, qwen3_moe, qwen2_moe, mixtral, deepseek_v3, glm4_moe and granitemoe exactly.
+  gate. That covers olmoe, qwen3_moe, qwen2_moe, mixtral, deepseek_v3, glm4_moe and granitemoe: in float32 the
+  converted model is transformers' to 2e-7; in bfloat16 within one bfloat16 step, because olmoe, the Qwen families
+  and granitemoe round the top-k weights to bfloat16 before weighting the experts and AutoEP keeps them in float32
+  (mixtral, deepseek_v3 and glm4_moe are bit-exact). One config setting AutoEP does not apply, Mixtral's
+  `router_jitter_noise`, is refused (adapt/config/families.py).
 - DeepSpeed's own presets do not serve transformers 5.23: its qwen3_moe preset (which also claims qwen2_moe) and its
   mixtral preset crash while retargeting transformers' router-logit recorder (`TypeError: _CanRecordRegistry.get()
   takes 2 positional arguments but 3 were given`); there is none for olmoe, glm4_moe or granitemoe (its deepseek_v3
@@ -16,7 +20,8 @@ tests/test_expert_parallel.py):
   AutoEP's own detection by `model.config.model_type` picks ours. No DeepSpeed code is patched: the preset registry
   is the extension point DeepSpeed's presets themselves use.
 - What each preset leaves to the model config: `norm_topk_prob` (AutoEP reads it; families without it use the
-  preset's `route_norm`, true for Mixtral and Granite, whose softmax over the top-k logits is the renormalised top-k),
+  preset's `route_norm`, true for Mixtral, which renormalises its top-k, and Granite, whose softmax over the top-k
+  logits is the same function),
   `n_group`/`topk_group` and `routed_scaling_factor` (AutoEP back-fills them from the config).
 - AutoEP removes the family's router module, the class transformers records `router_logits` from. The toolkit does
   not use transformers' recording for the router losses: `routing_sources` names, per MoE layer, the module whose
@@ -30,8 +35,9 @@ tests/test_expert_parallel.py):
 - In AutoEP's module tree the experts are `experts.w1/w3` (the gate and up halves of `gate_up_proj`) and
   `experts.w2` (`down_proj`), each holding only this rank's experts; the router is `router.gate` (plus the
   `router.e_score_correction_bias` buffer), the shared expert `shared_experts` and its gate `shared_experts_gate`.
-  `hf_state_dict` gathers every rank's experts, renames everything back to the family's names and checks the result
-  holds exactly the tensors of the transformers model, so a saved run loads with `from_pretrained`.
+  `hf_state_dict` gathers each layer's experts within its expert-parallel group on their device, copies the model to
+  host memory on rank 0 only, renames everything back to the family's names and checks the result holds exactly the
+  tensors of the transformers model, so a saved run loads with `from_pretrained`.
 - Not exact, so refused by the recipe check (the family's `expert_parallel` reason): gpt_oss, whose biased,
   interleaved experts AutoEP's GroupedExperts cannot hold.
 """
@@ -141,40 +147,47 @@ def routing_sources(backbone: torch.nn.Module) -> list[tuple[int, torch.nn.Modul
 EXPERT = re.compile(r"^(.*)\.experts\.(w1|w2|w3)$")
 
 
-def hf_state_dict(model, ep_size: int) -> dict[str, torch.Tensor]:
-    """The full model in transformers' layout of its family, on every rank (a collective: call it on all ranks).
+def hf_state_dict(model) -> dict[str, torch.Tensor] | None:
+    """The full model in its family's transformers layout, on rank 0 (None on the other ranks). A collective: call
+    it on every rank.
 
-    Expert-parallel groups are consecutive ranks (DeepSpeed's layout), so ranks 0..ep_size-1 together hold every
-    expert once, rank r the r-th slice. Raises ValueError when the result is not exactly the transformers model's
-    tensors (a saved folder must hold every tensor, and nothing else).
+    Each AutoEP layer's experts are gathered within its expert-parallel group (consecutive ranks: rank r of the group
+    holds the r-th slice), on the device they live on (NCCL gathers CUDA tensors only), and only rank 0 copies the
+    result to host memory: the whole model once, as a ZeRO-3 16-bit save would. Raises ValueError on rank 0 when the
+    result is not exactly the transformers model's tensors (a saved folder must hold every tensor, and nothing else).
     """
     import torch.distributed as dist
 
-    local = _local_state(model)
-    world = dist.get_world_size() if dist.is_initialized() else 1
+    keep = not dist.is_initialized() or dist.get_rank() == 0
     out: dict[str, torch.Tensor] = {}
-    for key in sorted(local):
-        tensor = local[key]
-        if EXPERT.match(key) and world > 1:
-            parts = [torch.empty_like(tensor) for _ in range(world)]
-            dist.all_gather(parts, tensor.contiguous())
-            tensor = torch.cat(parts[:ep_size], dim=0)  # [E_local, ...] slices in expert order
-        out[key] = tensor
+    with _full_parameters(model):
+        for key, tensor in model.state_dict().items():
+            expert = EXPERT.match(key)
+            layer = model.get_submodule(expert.group(1)) if expert else None
+            if layer is not None and getattr(layer, "ep_size", 1) > 1:
+                parts = [torch.empty_like(tensor) for _ in range(layer.ep_size)]
+                dist.all_gather(parts, tensor.contiguous(), group=layer.ep_group)
+                tensor = torch.cat(parts, dim=0)  # [E_local, ...] slices in expert order
+            if keep:
+                out[key] = tensor.detach().to("cpu", copy=True)
+    if not keep:
+        return None
     f = family(model.config.get_text_config().model_type)
     state = to_transformers_names(out, f)
     _check_complete(model.config, state)
     return state
 
 
-def _local_state(model) -> dict[str, torch.Tensor]:
-    """This rank's full (not ZeRO-3-partitioned) parameters: gathered for the copy when ZeRO-3 shards them."""
+def _full_parameters(model):
+    """ZeRO-3 partitions parameters: gather them for the copy (a no-op context otherwise)."""
+    import contextlib
+
     params = [p for p in model.parameters() if hasattr(p, "ds_id")]
     if not params:
-        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        return contextlib.nullcontext()
     import deepspeed
 
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
 
 def to_transformers_names(state: dict[str, torch.Tensor], f: Family) -> dict[str, torch.Tensor]:

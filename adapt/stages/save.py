@@ -46,8 +46,9 @@ def save_run(trainer, config, tokenizer, started: float, data_summary: dict | No
     }
     from adapt.parallel.autoep import describe
 
-    if describe(trainer.model) is not None:
-        record["expert_parallel"] = describe(trainer.model)
+    layout = describe(trainer.model)
+    if layout is not None:
+        record["expert_parallel"] = layout
     if data_summary is not None:
         (out / "data_summary.json").write_text(json.dumps(data_summary, indent=2) + "\n", encoding="utf-8")
     bad = non_finite_tensors(out)
@@ -86,7 +87,7 @@ def _save_weights(trainer, config, out: Path) -> None:
             shutil.rmtree(out / "ref")
         return
     try:
-        state = hf_state_dict(trainer.model, config.parallel.expert_parallel_size)  # collective: every rank
+        state = hf_state_dict(trainer.model)  # collective: every rank; the state on rank 0
     except ValueError as e:  # never write a folder that lacks a tensor of the model
         raise RunFolderError(f"{out}: {e}; the run is not saved") from None
     if trainer.accelerator.is_main_process:

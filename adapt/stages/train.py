@@ -25,7 +25,7 @@ def check_family(config, *, required: bool = True) -> None:
     from adapt.config.families import check_combination
     from adapt.config.recipe import known_model_type, model_reference
 
-    model_type = known_model_type(config.model)
+    model_type, loaded = known_model_type(config.model), config.model.config
     if model_type is None:
         from transformers import AutoConfig
 
@@ -41,7 +41,7 @@ def check_family(config, *, required: bool = True) -> None:
             sys.exit(f"error: {config.recipe_path}: model.name_or_path: cannot read {section.name_or_path}'s "
                      f"config.json ({str(e).splitlines()[0]}). Fix: check the name, your network or HF_HUB_OFFLINE")
         model_type = loaded.get_text_config().model_type
-    problem = check_combination(model_type, config.model, config.router, config.parallel)
+    problem = check_combination(model_type, config.model, config.router, config.parallel, loaded)
     if problem:
         key, why, fix = problem
         sys.exit(f"error: {config.recipe_path}: {key}: {why}. Fix: {fix}")
@@ -60,7 +60,11 @@ def prepare_model(model, config) -> None:
     if problem:
         sys.exit(f"error: {config.recipe_path}: parallel.expert_parallel_size: {problem}")
     if ep > 1:  # AutoEP converts the model inside `deepspeed.initialize`, with the toolkit's preset for its family
+        from adapt.config.families import expert_parallel_config_problems
         from adapt.parallel.autoep import register_presets
+
+        for key, why, fix in expert_parallel_config_problems(text_config)[:1]:  # a local folder's or Hub config
+            sys.exit(f"error: {config.recipe_path}: {key}: {why}. Fix: {fix}")
 
         register_presets()
 

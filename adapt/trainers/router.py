@@ -73,7 +73,6 @@ class RoutingRecorder:
 
     def __init__(self, backbone: torch.nn.Module):
         self.backbone = backbone
-        self._hooked: set[int] = set()
         self._on = False
         self._collecting: dict | None = None
         self._captured: RouterCapture | None = None
@@ -88,16 +87,18 @@ class RoutingRecorder:
     def stop(self) -> RouterCapture | None:
         captured, self._captured = self._captured, None
         self._on, self._collecting = False, None
+        self._pending_logits.clear()
         return captured
 
     def _attach(self) -> None:
+        """Hook the routers not hooked yet (marked on the module itself: a freed router's id can be reused)."""
         for layer_id, module in router_modules(self.backbone):
-            if id(module) not in self._hooked:
-                self._hooked.add(id(module))
+            if not getattr(module, "_adapt_recorded", False):
+                module._adapt_recorded = True
                 module.register_forward_hook(partial(self._record_router, layer_id))
         for layer_id, gate, router in routing_sources(self.backbone):
-            if id(router) not in self._hooked:
-                self._hooked.add(id(router))
+            if not getattr(router, "_adapt_recorded", False):
+                router._adapt_recorded = True
                 gate.register_forward_hook(partial(self._record_logits, layer_id))
                 router.register_forward_hook(partial(self._record_choice, layer_id))
 
@@ -157,14 +158,21 @@ class RouterLossMixin:
             # `average_tokens_across_devices` off, so TRL does not multiply it by the process count either).
             num_items_in_batch = 1
         if self._is_moe:
-            if self.args.parallel.expert_parallel_size > 1:  # AutoEP converts the model after this trainer is built
-                match_router_precision(self.model)
+            if self.args.parallel.expert_parallel_size > 1:
+                # AutoEP converts the policy after this trainer is built (and TRL's DPO reference with the same
+                # DeepSpeed config): both route in the dtype transformers uses (adapt/parallel/autoep.py)
+                for net in (self.model, getattr(self, "ref_model", None)):
+                    if net is not None:
+                        match_router_precision(getattr(net, "module", net))
             self._recorder.start()
         try:
             result = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                           num_items_in_batch=num_items_in_batch)
         finally:
             captured = self._recorder.stop() if self._is_moe else None
+        if self._is_moe and captured is None and model.training:
+            raise RuntimeError("the policy forward ran no router the toolkit records, so the router losses would be "
+                               "silently left out (adapt/trainers/router.py)")
         loss = result[0] if return_outputs else result
         if captured is not None:
             loss = loss + self._router_terms(captured, summed=summed, num_items_in_batch=num_items_in_batch)

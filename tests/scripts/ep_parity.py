@@ -145,10 +145,12 @@ with torch.no_grad():
     result["trajectory_logits"] = (trained - reference(input_ids=ids, attention_mask=mask).logits).abs().max().item()
 
 # ------------------------------------------------------------------------------------------ back to transformers
-state = hf_state_dict(engine.module, 2)  # collective
+state = hf_state_dict(engine.module)  # collective; the state on rank 0
 folder = OUT / "saved"
 if rank == 0:
     engine.module.save_pretrained(str(folder), state_dict=state)  # what the stage's save does
+else:
+    assert state is None
 dist.barrier()
 reloaded = transformers.AutoModelForCausalLM.from_pretrained(str(folder)).eval()
 with torch.no_grad():
