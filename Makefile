@@ -40,7 +40,7 @@ demo-eval: $(STAMP)
 # The linter (configured in pyproject.toml), then the whole suite, slow tests included (the demo's learning checks).
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(OFFLINE) $(VENV)/bin/python -m pytest
+	$(OFFLINE) $(VENV)/bin/python -m pytest --durations=30
 
 test-fast: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -7,7 +7,8 @@ every family the table allows, and refused for the others:
   follow the one-process trajectory; the folder saved from the expert-parallel model is the plain transformers
   layout with every tensor and reloads to the trained logits;
 - through the stages, launched as users launch: SFT then DPO under expert parallelism 2 log the losses and router
-  statistics of the same run without it, and save the same model.
+  statistics of the same run without it, and save the same model; a run resumed from an expert-parallel checkpoint
+  continues the uninterrupted run.
 
 Tolerances are what was measured on this CPU (float32): before any step logits within 1.2e-7 and gradients within
 1.5e-6 relative; after three AdamW steps logits within 2e-4 (olmoe, qwen3_moe: Adam divides float32 reduction-order
@@ -228,7 +229,7 @@ def logged(folder):
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v3"])
+@pytest.mark.parametrize("family", ["qwen3_moe"])  # deepseek_v3 runs the stages in the resume test below
 def test_sft_then_dpo_under_expert_parallelism_follow_the_run_without_it(family, tmp_path):
     """The same 2-process run (ZeRO-2) with the experts split over the ranks and with every rank holding them all:
     the stage's losses, router losses and statistics and the saved model agree. (2-process ZeRO-2 without expert

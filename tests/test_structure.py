@@ -19,7 +19,8 @@ ROOTS = {"adapt": REPO / "adapt", "adapt_eval": REPO / "eval" / "adapt_eval"}
 LAYERS = [
     {"adapt", "adapt.tasks", "adapt.runfolder", "adapt.parallel"},
     {"adapt.config"},
-    {"adapt.data", "adapt.model", "adapt.losses"},
+    # adapt.parallel.autoep converts a model of a family to expert parallelism and back: it reads the family table
+    {"adapt.data", "adapt.model", "adapt.losses", "adapt.parallel.autoep"},
     {"adapt.trainers"},
     {"adapt_eval"},
     {"adapt.hub", "adapt.export"},

@@ -1,5 +1,6 @@
 """Parallelism: the DeepSpeed configurations shipped with the toolkit (selectable by name from a recipe), expert
-parallelism through DeepSpeed AutoEP (`autoep.py`), and the launch-time setup (`launch.py`).
+parallelism through DeepSpeed AutoEP (`autoep.py`, which reads the family table and so sits a layer above this
+package's other modules, beside adapt.model), and the launch-time setup (`launch.py`).
 
 A recipe's `parallel:` section says *how* the model is sharded (ZeRO stage, offload, expert-parallel size); the
 accelerate config given to `accelerate launch` says *where* (processes, machines). Layouts: DESIGN.md beside this
@@ -40,9 +41,10 @@ def deepspeed_config(preset: str, expert_parallel_size: int) -> dict:
     """
     config = json.loads(preset_path(preset).read_text(encoding="utf-8"))
     if expert_parallel_size > 1:
-        from adapt.parallel.autoep import expert_parallel_section
-
-        config["expert_parallel"] = expert_parallel_section(expert_parallel_size)
+        # No preset name and no routing overrides: AutoEP picks the family's preset (registered by
+        # `autoep.register_presets`) from the model's `model_type` and reads `norm_topk_prob`, the groups and the
+        # route scale from the model config, so one recipe setting serves every family.
+        config["expert_parallel"] = {"enabled": True, "autoep_size": expert_parallel_size}
         config.setdefault("optimizer", {"type": "AdamW", "params": {
             "lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto", "torch_adam": True}})
     return config

@@ -86,13 +86,6 @@ def register_presets() -> None:
     registry.PRESET_MODELS.update({**ours, **theirs})
 
 
-def expert_parallel_section(size: int) -> dict:
-    """The DeepSpeed config's `expert_parallel` section. No `preset_model` and no routing overrides: AutoEP picks the
-    family's preset from the model's `model_type` and reads `norm_topk_prob`, the groups and the route scale from the
-    model config, so one recipe setting serves every family."""
-    return {"enabled": True, "autoep_size": size}
-
-
 def is_autoep(model) -> bool:
     return any(type(m).__name__ == "AutoEPMoELayer" for m in model.modules())
 
