@@ -180,7 +180,8 @@ def close(diff, value, tol):
 
 
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("family,zero", [(f, "zero2") for f in EXACT] + [("deepseek_v3", "zero3")])
+@pytest.mark.parametrize("family,zero", [(f, "zero2") for f in EXACT] + [("deepseek_v3", "zero3"),
+                                                                          ("qwen2_moe", "zero3-offload")])
 def test_expert_parallel_model_matches_one_process(family, zero, tmp_path):
     for r in parity(family, tmp_path, zero):
         assert r["autoep"] == "AutoEPMoELayer"

@@ -21,7 +21,7 @@ tests/test_loss_reduction.py checks both against a hand-written reference under 
 Only the first forward inside one `compute_loss` is kept: that is the policy forward in both SFT and DPO. A
 separate DPO reference model has no hooks, and a PEFT reference (adapters disabled) runs after the policy. Under
 expert parallelism DeepSpeed replaces the MoE blocks inside `deepspeed.initialize`, after this trainer is built, so
-the router hooks are (re)attached at each `compute_loss` to whatever routers the model holds then: AutoEP's router
+the first `compute_loss` after that hooks AutoEP's routers (once; each later step finds them hooked): AutoEP's router
 gives the logits from its `gate` and the chosen experts from its own forward (`adapt.parallel.autoep.routing_sources`),
 so losses and statistics come from the same record as without expert parallelism.
 """
@@ -68,8 +68,8 @@ def router_modules(backbone: torch.nn.Module) -> list[tuple[int, torch.nn.Module
 class RoutingRecorder:
     """The routing of the first backbone forward between `start()` and `stop()`: per MoE layer its number, the
     router logits [T, E] (with their graph, for the losses) and the experts the router chose [T, K], plus the padding
-    mask of that forward. Router hooks are attached at `start()` to the routers the model holds then: the family's
-    router modules, or AutoEP's once DeepSpeed has replaced the blocks (module note)."""
+    mask of that forward. `attach()` hooks the routers the model holds when it is called: the family's router
+    modules at construction, AutoEP's once DeepSpeed has replaced the blocks (module note)."""
 
     def __init__(self, backbone: torch.nn.Module):
         self.backbone = backbone
@@ -79,9 +79,9 @@ class RoutingRecorder:
         self._pending_logits: dict[int, torch.Tensor] = {}
         backbone.register_forward_pre_hook(self._start_forward, with_kwargs=True)
         backbone.register_forward_hook(self._end_forward)
+        self.attach()
 
     def start(self) -> None:
-        self._attach()
         self._captured, self._collecting, self._on = None, None, True
 
     def stop(self) -> RouterCapture | None:
@@ -90,17 +90,20 @@ class RoutingRecorder:
         self._pending_logits.clear()
         return captured
 
-    def _attach(self) -> None:
-        """Hook the routers not hooked yet (marked on the module itself: a freed router's id can be reused)."""
+    def attach(self) -> bool:
+        """Hook the routers not hooked yet (marked on the module itself: a freed router's id can be reused). True
+        when the model holds AutoEP's routers."""
         for layer_id, module in router_modules(self.backbone):
             if not getattr(module, "_adapt_recorded", False):
                 module._adapt_recorded = True
                 module.register_forward_hook(partial(self._record_router, layer_id))
-        for layer_id, gate, router in routing_sources(self.backbone):
+        autoep = routing_sources(self.backbone)
+        for layer_id, gate, router in autoep:
             if not getattr(router, "_adapt_recorded", False):
                 router._adapt_recorded = True
                 gate.register_forward_hook(partial(self._record_logits, layer_id))
                 router.register_forward_hook(partial(self._record_choice, layer_id))
+        return bool(autoep)
 
     def _start_forward(self, module, args, kwargs):
         if self._on and self._captured is None and self._collecting is None:
@@ -145,6 +148,7 @@ class RouterLossMixin:
             self._top_k = getattr(text_config, self.family.top_k_attr)
             self._num_experts = getattr(text_config, self.family.experts_attr)
             self._recorder = RoutingRecorder(find_backbone(self.model))
+            self._awaiting_autoep = self.args.parallel.expert_parallel_size > 1
 
     def _router_loss_divisor(self, num_items_in_batch) -> int:
         """How the trainer scales a per-micro-batch mean for gradient accumulation (TRL's SFT scales it itself)."""
@@ -158,12 +162,8 @@ class RouterLossMixin:
             # `average_tokens_across_devices` off, so TRL does not multiply it by the process count either).
             num_items_in_batch = 1
         if self._is_moe:
-            if self.args.parallel.expert_parallel_size > 1:
-                # AutoEP converts the policy after this trainer is built (and TRL's DPO reference with the same
-                # DeepSpeed config): both route in the dtype transformers uses (adapt/parallel/autoep.py)
-                for net in (self.model, getattr(self, "ref_model", None)):
-                    if net is not None:
-                        match_router_precision(getattr(net, "module", net))
+            if self._awaiting_autoep:  # once: the first step after DeepSpeed has converted the model
+                self._adopt_autoep()
             self._recorder.start()
         try:
             result = super().compute_loss(model, inputs, return_outputs=return_outputs,
@@ -181,6 +181,17 @@ class RouterLossMixin:
             # then average over ranks), so the step's gradient is sum over the global batch / (accum x processes).
             loss = loss / self.current_gradient_accumulation_steps
         return (loss, result[1]) if return_outputs else loss
+
+    def _adopt_autoep(self) -> None:
+        """AutoEP converts the policy inside `deepspeed.initialize`, after this trainer is built (and TRL's DPO
+        reference, built from the same DeepSpeed config, before it): hook its routers and have both route in the
+        dtype transformers uses (adapt/parallel/autoep.py)."""
+        if not self._recorder.attach():
+            return
+        for net in (self.model, getattr(self, "ref_model", None)):
+            if net is not None:
+                match_router_precision(getattr(net, "module", net))
+        self._awaiting_autoep = False
 
     def _router_terms(self, captured: RouterCapture, *, summed: bool, num_items_in_batch) -> torch.Tensor:
         """The weighted router losses of one micro-batch, to add to its main loss (module note for the scaling).
