@@ -27,28 +27,67 @@ from datasets import Dataset, load_from_disk
 
 from adapt.config.sections import DataSection, SequenceLayout
 
-FORMAT_VERSION = 1  # bump when the cached columns or summary change shape
+FORMAT_VERSION = 2  # bump when the cached columns or summary change shape (2: int32 token columns)
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("ADAPT_CACHE", Path.home() / ".cache" / "adapt")) / "data"
 
 
-def _sha256_path(path: str) -> str:
-    p = Path(path).expanduser()
-    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+def _sha256_file(f: Path, memo: dict) -> str:
+    """A file's sha256, remembered against its size, inode and change times: the key of a 608k-row mixture is then
+    computed without reading its gigabytes again. A write to the file changes its ctime, which no tool sets back."""
+    st = f.stat()
+    stamp = [st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+    name = str(f.resolve())
+    known = memo.get(name)
+    if known and known["stamp"] == stamp:
+        return known["sha256"]
     h = hashlib.sha256()
-    for f in files:
-        h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
+    with open(f, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    memo[name] = {"stamp": stamp, "sha256": h.hexdigest()}
+    return memo[name]["sha256"]
+
+
+def _sha256_path(path: str, memo: dict | None = None) -> str:
+    p = Path(path).expanduser()
+    memo = {} if memo is None else memo
+    if not p.is_dir():
+        return _sha256_file(p, memo)
+    h = hashlib.sha256()
+    for f in sorted(f for f in p.rglob("*") if f.is_file()):
+        h.update(f"{f.relative_to(p)}\0{_sha256_file(f, memo)}\n".encode())
     return h.hexdigest()
 
 
-def source_fingerprint(src) -> str:
+class HashMemo:
+    """`<cache_dir>/file-hashes.json`: the input files' hashes by path and stat stamp (written atomically)."""
+
+    def __init__(self, cache_dir: Path):
+        self.path = cache_dir / "file-hashes.json"
+        try:
+            self.hashes = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            self.hashes = {}
+        self._before = dict(self.hashes)
+
+    def save(self) -> None:
+        if self.hashes == self._before:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(self.hashes, sort_keys=True), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # only a speed-up: an unwritable cache folder is reported when the entry is written
+
+
+def source_fingerprint(src, memo: dict | None = None) -> str:
     if src.path:
-        return "sha256:" + _sha256_path(src.path)
+        return "sha256:" + _sha256_path(src.path, memo)
     if src.task:
         from adapt.tasks import get_task
 
@@ -60,10 +99,13 @@ def source_fingerprint(src) -> str:
     return "datasets:" + load_dataset(src.hub, src.name, split=src.split, revision=src.revision)._fingerprint
 
 
-def decontamination_fingerprint(decontaminate: dict[str, str]) -> dict[str, str]:
+def decontamination_fingerprint(decontaminate: dict[str, str], memo: dict | None = None) -> dict[str, str]:
     from adapt.data.decontam import benchmark_fingerprint
 
-    return {name: benchmark_fingerprint(name, ref, _sha256_path) for name, ref in sorted(decontaminate.items())}
+    def hash_path(path):
+        return _sha256_path(path, memo)
+
+    return {name: benchmark_fingerprint(name, ref, hash_path) for name, ref in sorted(decontaminate.items())}
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -75,17 +117,20 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()
 
 
-def mixture_key(stage: str, data: DataSection, layout: SequenceLayout, tokenizer) -> str:
+def mixture_key(stage: str, data: DataSection, layout: SequenceLayout, tokenizer,
+                memo: HashMemo | None = None) -> str:
+    """With a `memo`, input files' hashes are taken from it while the files are unchanged, and new ones added."""
     import datasets
     import transformers
     import trl
 
     settings = dataclasses.asdict(data)
     settings.pop("cache"), settings.pop("cache_dir")
+    hashes = memo.hashes if memo is not None else None
     parts = {
         "format_version": FORMAT_VERSION, "stage": stage, "data": settings,
-        "inputs": [source_fingerprint(s) for s in data.sources],
-        "benchmarks": decontamination_fingerprint(data.decontaminate),
+        "inputs": [source_fingerprint(s, hashes) for s in data.sources],
+        "benchmarks": decontamination_fingerprint(data.decontaminate, hashes),
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "layout": {k: v for k, v in dataclasses.asdict(layout).items() if k != "num_proc"},  # num_proc: same rows
         "versions": [transformers.__version__, trl.__version__, datasets.__version__],
@@ -102,7 +147,8 @@ def load_entry(cache_dir: Path, key: str) -> tuple[Dataset, Dataset | None, dict
     return load_from_disk(str(entry / "train")), held_out, summary
 
 
-def save_entry(cache_dir: Path, key: str, train: Dataset, held_out: Dataset | None, summary: dict) -> Path:
+def save_entry(cache_dir: Path, key: str, train: Dataset, held_out: Dataset | None, summary: dict,
+               num_proc: int | None = None) -> Path:
     """Write an entry under a temporary name and rename it into place. A failure (a full disk, an unwritable
     folder) removes the temporary folder and is one line naming the cache folder."""
     from adapt.data.sources import DataError
@@ -111,7 +157,7 @@ def save_entry(cache_dir: Path, key: str, train: Dataset, held_out: Dataset | No
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_dir))
-        train.save_to_disk(str(tmp / "train"))
+        train.save_to_disk(str(tmp / "train"), num_proc=num_proc if num_proc and len(train) >= num_proc else None)
         if held_out is not None:
             held_out.save_to_disk(str(tmp / "eval"))
         # summary.json last: its presence is what marks the entry complete

@@ -16,9 +16,11 @@ import gzip
 import io
 import json
 import re
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 WORD = re.compile(r"\w+")
 MIN_WORDS = 5
@@ -139,45 +141,157 @@ class Match:
     overlap: float  # share of the item's n-grams found in the training row
 
 
+_FNV_PRIME = np.uint64(0x100000001B3)
+_LENGTH_SALT = 0x9E3779B97F4A7C15
+
+
+def _gram_hashes(ids_L: np.ndarray, k: int) -> np.ndarray:
+    """64-bit hashes of the k-grams of a word-id sequence that hold no unknown word (id -1), unique and sorted.
+
+    FNV-style over the ids, salted with k so that grams of different lengths never share a hash by construction.
+    A hash says "maybe the same n-gram"; `NgramIndex.match` confirms a match on the words before reporting it.
+    """
+    n_windows = len(ids_L) - k + 1
+    if n_windows <= 0:
+        return np.empty(0, dtype=np.uint64)
+    unknown_L = np.concatenate(([0], np.cumsum(ids_L < 0)))
+    valid_W = unknown_L[k:] == unknown_L[:-k]
+    ids_u = ids_L.astype(np.uint64)
+    h_W = np.full(n_windows, (k * _LENGTH_SALT) % 2**64, dtype=np.uint64)
+    for j in range(k):  # numpy's uint64 arithmetic wraps, which is what a hash wants
+        h_W = (h_W ^ ids_u[j:j + n_windows]) * _FNV_PRIME
+    return np.unique(h_W[valid_W])
+
+
 class NgramIndex:
-    def __init__(self, benchmarks: dict[str, list[tuple[str, str]]], n: int = 8, threshold: float = 0.5):
+    """Word n-grams of benchmark prompts, held in flat arrays so one index serves every worker.
+
+    Words become ids (a vocabulary of the benchmarks' words only: a training word outside it cannot be part of a
+    matching n-gram) and each n-gram a 64-bit hash; `keys_G` is the sorted hashes, `items_H[offsets_G[g]:
+    offsets_G[g + 1]]` the items holding gram g. `save` writes the arrays once and `load` memory-maps them, so the
+    workers of a parallel build share one copy instead of each rebuilding or unpickling its own.
+    """
+
+    ARRAYS = ("keys_G", "offsets_G", "items_H", "totals_I", "word_offsets_I", "word_ids_W")
+
+    def __init__(self, benchmarks: dict[str, list[tuple[str, str]]] | None = None, n: int = 8,
+                 threshold: float = 0.5):
         self.n, self.threshold = n, threshold
-        self.index: dict[tuple[str, ...], list[int]] = defaultdict(list)
-        self.items: list[tuple[str, str, int]] = []  # (benchmark, item id, n-gram count)
-        self.lengths: set[int] = set()
+        self.items: list[tuple[str, str]] = []  # (benchmark, item id)
         self.too_short: Counter = Counter()  # benchmark -> items left out of the index
+        self.vocab: dict[str, int] = {}
+        if benchmarks is not None:
+            self._build(benchmarks)
+
+    def _build(self, benchmarks: dict[str, list[tuple[str, str]]]) -> None:
+        item_ids, lengths = [], set()
         for bench, items in benchmarks.items():
             for item_id, text in items:
                 tokens = words(text)
                 if len(tokens) < MIN_WORDS:
                     self.too_short[bench] += 1
                     continue
-                grams = self._grams(tokens, min(n, len(tokens)))
-                key = len(self.items)
-                self.items.append((bench, item_id, len(grams)))
-                for gram in grams:
-                    self.index[gram].append(key)
-                self.lengths.add(len(next(iter(grams))))
+                self.items.append((bench, item_id))
+                item_ids.append(np.array([self.vocab.setdefault(w, len(self.vocab)) for w in tokens], np.int64))
+        grams, owners, totals = [], [], []
+        for key, ids in enumerate(item_ids):
+            k = min(self.n, len(ids))
+            lengths.add(k)
+            hashes = _gram_hashes(ids, k)
+            grams.append(hashes)
+            owners.append(np.full(len(hashes), key, np.int32))
+            totals.append(len({tuple(ids[i:i + k]) for i in range(len(ids) - k + 1)}))  # exact, not hashed
+        hashes_H = np.concatenate(grams) if grams else np.empty(0, np.uint64)
+        owners_H = np.concatenate(owners) if owners else np.empty(0, np.int32)
+        order = np.lexsort((owners_H, hashes_H))
+        hashes_H, self.items_H = hashes_H[order], owners_H[order]
+        self.keys_G, first = np.unique(hashes_H, return_index=True)
+        self.offsets_G = np.append(first, len(hashes_H)).astype(np.int64)
+        self.totals_I = np.array(totals, np.int64)
+        self.word_offsets_I = np.cumsum([0] + [len(ids) for ids in item_ids]).astype(np.int64)
+        self.word_ids_W = np.concatenate(item_ids) if item_ids else np.empty(0, np.int64)
+        self.lengths = sorted(lengths)
 
-    @staticmethod
-    def _grams(tokens: list[str], n: int) -> set[tuple[str, ...]]:
-        return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)} if n > 0 else set()
+    # -- sharing
+
+    def save(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in self.ARRAYS:
+            np.save(folder / f"{name}.npy", getattr(self, name))
+        meta = {"n": self.n, "threshold": self.threshold, "items": self.items, "lengths": self.lengths,
+                "too_short": dict(self.too_short), "vocab": self.vocab}
+        (folder / "index.json").write_text(json.dumps(meta), encoding="utf-8")
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path) -> NgramIndex:
+        meta = json.loads((folder / "index.json").read_text(encoding="utf-8"))
+        index = cls(None, n=meta["n"], threshold=meta["threshold"])
+        index.items = [tuple(item) for item in meta["items"]]
+        index.lengths, index.too_short, index.vocab = meta["lengths"], Counter(meta["too_short"]), meta["vocab"]
+        for name in cls.ARRAYS:
+            setattr(index, name, np.load(folder / f"{name}.npy", mmap_mode="r"))
+        return index
+
+    # -- matching
+
+    def _item_words(self, key: int) -> np.ndarray:
+        return self.word_ids_W[self.word_offsets_I[key]:self.word_offsets_I[key + 1]]
+
+    def _candidates(self, ids_L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Items sharing a hashed n-gram with the text, and how many they share."""
+        found = []
+        for k in self.lengths:
+            hashes = _gram_hashes(ids_L, k)
+            pos = np.searchsorted(self.keys_G, hashes)
+            inside = pos < len(self.keys_G)
+            pos, hashes = pos[inside], hashes[inside]
+            hit = pos[self.keys_G[pos] == hashes]
+            if len(hit):
+                starts, ends = self.offsets_G[hit], self.offsets_G[hit + 1]
+                lens = ends - starts
+                shift = np.repeat(starts - np.concatenate(([0], np.cumsum(lens)[:-1])), lens)
+                found.append(self.items_H[shift + np.arange(lens.sum())])
+        if not found:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        return np.unique(np.concatenate(found), return_counts=True)
 
     def match(self, text: str) -> Match | None:
-        """The benchmark item this text overlaps most, if the overlap reaches the threshold."""
-        tokens = words(text)
-        hits: Counter = Counter()
-        for n in self.lengths:
-            for gram in self._grams(tokens, n):
-                for key in self.index.get(gram, ()):
-                    hits[key] += 1
+        """The benchmark item this text overlaps most (the first such item on a tie), if the overlap reaches the
+        threshold. Candidates come from the hashed index; each is confirmed on the words themselves."""
+        vocab = self.vocab
+        ids_L = np.array([vocab.get(w, -1) for w in words(text)], dtype=np.int64)
+        keys, counts = self._candidates(ids_L)
+        if not len(keys):
+            return None
+        shares = counts / self.totals_I[keys]
         best = None
-        for key, count in hits.items():
-            bench, item_id, total = self.items[key]
-            share = count / total
-            if share >= self.threshold and (best is None or share > best.overlap):
-                best = Match(bench, item_id, round(share, 4))
-        return best
+        for i in np.lexsort((keys, -shares)):  # highest share first, then the earliest item
+            if shares[i] < self.threshold or (best is not None and shares[i] < best[0]):
+                break
+            key = int(keys[i])
+            item = self._item_words(key)
+            k = min(self.n, len(item))
+            item_grams = {tuple(item[j:j + k]) for j in range(len(item) - k + 1)}
+            text_grams = {tuple(ids_L[j:j + k]) for j in range(len(ids_L) - k + 1)}
+            share = len(item_grams & text_grams) / int(self.totals_I[key])  # exact: words, not hashes
+            if share >= self.threshold and (best is None or share > best[0]):
+                best = (share, key)
+        if best is None:
+            return None
+        bench, item_id = self.items[best[1]]
+        return Match(bench, item_id, round(best[0], 4))
+
+
+_LOADED: dict[str, NgramIndex] = {}
+
+
+def shared_index(folder: str) -> NgramIndex:
+    """The index saved in `folder`, memory-mapped once per process (a conversion worker's view of it)."""
+    if folder not in _LOADED:
+        _LOADED.clear()  # one build at a time; a new build's index replaces the last one
+        _LOADED[folder] = NgramIndex.load(Path(folder))
+    return _LOADED[folder]
 
 
 def prompt_text(row: dict) -> str:

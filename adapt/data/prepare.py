@@ -9,6 +9,7 @@ give the same bytes; whether the cache was used is logged instead.
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from datasets import Dataset
 
 from adapt.config.sections import DataSection, SequenceLayout
 from adapt.data import cache
-from adapt.data.sources import DataError, read_mixture, split_eval
+from adapt.data.sources import DataError, build_folder, read_mixture, split_eval
 from adapt.data.tokenize import SOURCE_COLUMN, pack, tokenize_mixture
 
 log = logging.getLogger(__name__)
@@ -56,28 +57,52 @@ def prepare_data(stage: str, data: DataSection, layout: SequenceLayout, tokenize
     `prepare_data(config.stage, config.data, config.sequence_layout(), tokenizer)`."""
     template = training_template(stage, data, tokenizer)
     use_cache = data.cache if use_cache is None else use_cache
-    key = cache.mixture_key(stage, data, layout, tokenizer)
     cache_dir = Path(data.cache_dir).expanduser() if data.cache_dir else cache.default_cache_dir()
+    memo = cache.HashMemo(cache_dir) if use_cache else None
+    key = cache.mixture_key(stage, data, layout, tokenizer, memo)
     if use_cache:
         hit = cache.load_entry(cache_dir, key)
         if hit is not None:
             log.info("data: tokenized mixture %s loaded from the cache (%s)", key, cache_dir / key)
             return PreparedData(*hit, cache_entry=cache_dir / key, from_cache=True)
-    train, held_out, summary = _build(stage, data, layout, tokenizer, key, template)
-    entry = None
-    if use_cache:
-        entry = cache.save_entry(cache_dir, key, train, held_out, summary)
+    # Every intermediate table is an Arrow file in this folder, written as it is computed: memory stays flat in the
+    # row count. With the cache, the folder sits beside the entries (same disk, removed once the entry is written).
+    workdir = _build_folder(cache_dir if use_cache else None)
+    try:
+        try:
+            train, held_out, summary = _build(stage, data, layout, tokenizer, key, template, workdir)
+        except OSError as e:  # a full disk while writing the build's Arrow files
+            where = f"data.cache_dir {cache_dir}" if use_cache else f"the temporary folder {workdir.parent}"
+            raise DataError(f"{where}: cannot write the tokenized mixture ({e.strerror or e}). Fix: free space "
+                            f"there, " + ("point data.cache_dir elsewhere" if use_cache else "set TMPDIR") +
+                            ", or use fewer rows") from None
+        if not use_cache:
+            return PreparedData(train, held_out, summary)
+        entry = cache.save_entry(cache_dir, key, train, held_out, summary, num_proc=layout.num_proc)
+        memo.save()
         log.info("data: tokenized mixture %s written to the cache (%s)", key, entry)
-    return PreparedData(train, held_out, summary, cache_entry=entry)
+        return PreparedData(*cache.load_entry(cache_dir, key), cache_entry=entry)  # memory-mapped from the entry
+    finally:
+        if use_cache:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _build(stage: str, data: DataSection, layout: SequenceLayout, tokenizer, key: str,
-           template: str | None) -> tuple[Dataset, Dataset | None, dict[str, Any]]:
-    rows, sources = read_mixture(data, stage)
+def _build_folder(cache_dir: Path | None) -> Path:
+    try:
+        return build_folder(cache_dir)
+    except OSError as e:
+        raise DataError(f"data.cache_dir {cache_dir}: cannot write the tokenized mixture ({e.strerror or e}). Fix: "
+                        f"point data.cache_dir elsewhere, or set data.cache: false") from None
+
+
+def _build(stage: str, data: DataSection, layout: SequenceLayout, tokenizer, key: str, template: str | None,
+           workdir: Path) -> tuple[Dataset, Dataset | None, dict[str, Any]]:
+    rows, sources = read_mixture(data, stage, num_proc=layout.num_proc, workdir=workdir)
     tokenized, token_stats = tokenize_mixture(
         rows, tokenizer, stage, max_length=layout.max_length, over_length=data.over_length,
         assistant_only_loss=bool(data.assistant_only_loss), chat_template=template, strip=bool(data.strip),
-        train_assistant_newline=data.train_assistant_newline, num_proc=layout.num_proc)
+        train_assistant_newline=data.train_assistant_newline, num_proc=layout.num_proc,
+        cache_file_name=str(workdir / "tokenized.arrow"))
     for summary, stats in zip(sources, token_stats):
         summary.dropped.update(stats["dropped"])
         summary.rows_kept = stats["rows"]
@@ -89,10 +114,10 @@ def _build(stage: str, data: DataSection, layout: SequenceLayout, tokenizer, key
 
     packing = layout.packing
     if packing:
-        train = pack(train, layout.max_length, layout.packing_strategy, layout.num_proc)
+        train = pack(train, layout.max_length, layout.packing_strategy, str(workdir / "packed-train.arrow"))
     eval_packing = packing if layout.eval_packing is None else layout.eval_packing
     if held_out is not None and eval_packing:
-        held_out = pack(held_out, layout.max_length, layout.packing_strategy, layout.num_proc)
+        held_out = pack(held_out, layout.max_length, layout.packing_strategy, str(workdir / "packed-eval.arrow"))
 
     summary = {
         "stage": stage, "mixture_key": key,

@@ -1,26 +1,32 @@
 """Turn a recipe's `data.sources` into one training `datasets.Dataset` in TRL's conversational format.
 
-Each source is read (local file, Hub dataset or built-in task), each row converted by its format
-(`adapt.data.formats`), bad rows failed on or skipped-and-counted as `data.on_bad_row` says, then the sources are
-truncated, concatenated and split. The per-source counts come back as a summary that the stage writes beside the
-model (`data_summary.json`).
+Each source is read (local file, Hub dataset or built-in task: `adapt.data.reading`), each row converted by its
+format (`adapt.data.formats`) and checked against the decontamination index, in parallel over `num_proc` workers
+that write Arrow files into the build folder; then, in the parent and on whole columns, bad rows are failed on or
+counted as `data.on_bad_row` says, duplicates found, benchmark overlaps dropped, the sources shuffled, truncated and
+concatenated. The parent never holds the rows in Python: only per-row flags and 16-byte digests as numpy arrays.
+The per-source counts come back as a summary that the stage writes beside the model (`data_summary.json`).
 """
 
 from __future__ import annotations
 
-import csv
-import gzip
+import atexit
 import hashlib
-import io
 import json
+import shutil
+import tempfile
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset, concatenate_datasets
+import numpy as np
+import pyarrow.compute as pc
+from datasets import Dataset, Features, List, Value, concatenate_datasets
 
 from adapt.data.formats import RowError, converter, detect_format
+from adapt.data.reading import BadRow, RawRows, read_local, rows_of
 from adapt.data.tokenize import SOURCE_COLUMN
 
 
@@ -53,182 +59,182 @@ class SourceSummary:
 
 # ------------------------------------------------------------------------------------------------------- reading
 
-class _BadLine:
-    """Placeholder for a line that did not decode; becomes a counted (or fatal) bad row."""
-
-    def __init__(self, reason: str):
-        self.reason = reason
+TURNS = List({"role": Value("string"), "content": Value("string")})
+FIELDS = {"sft": ("messages",), "dpo": ("prompt", "chosen", "rejected")}
 
 
-def _read_local(path: str) -> list[Any] | Dataset:
-    """A local file's rows. A line or row that cannot be decoded becomes a `_BadLine` (counted or fatal as
-    `data.on_bad_row` says); a file that cannot be read at all (truncated archive, JSON syntax, corrupt parquet) is a
-    `DataError` naming it."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise DataError(f"{path}: file not found")
-    suffixes = [s for s in p.suffixes if s != ".gz"]
-    kind = suffixes[-1] if suffixes else ""
-    if kind == ".parquet":
-        try:
-            return Dataset.from_parquet(str(p))  # arrow-backed; rows are read one at a time while converting
-        except Exception as e:  # pyarrow raises its own error types for a corrupt file
-            raise DataError(f"{path}: not a readable parquet file ({type(e).__name__}: {str(e)[:300]})") from None
-    if kind not in (".jsonl", ".json", ".csv"):
-        raise DataError(f"{path}: unsupported file type {''.join(p.suffixes)!r}; use .jsonl, .json, .csv or .parquet")
-    text = _read_text(p, path)
-    if kind == ".jsonl":
-        return [_json_line(line) for line in text.split("\n") if line.strip()]  # only \n ends a JSON line
-    if kind == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: not valid JSON at line {e.lineno}, column {e.colno} ({e.msg})") from None
-        if not isinstance(data, list):
-            raise DataError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
-        return [_BadLine("invalid UTF-8") if _has_bad_bytes(row) else row for row in data]
-    return _csv_rows(text)
+def build_folder(parent: Path | None = None) -> Path:
+    """A fresh folder for a build's intermediate Arrow files: inside `parent` (the cache folder, removed by the
+    caller once the entry is written), else a temporary folder removed when the process exits."""
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".build-", dir=parent))
+    folder = Path(tempfile.mkdtemp(prefix="adapt-data-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
-def _read_text(p: Path, path: str) -> str:
-    """The file as text. Undecodable bytes are kept as surrogates (`surrogateescape`), so that only the rows holding
-    them are bad; a UTF-8 byte-order mark is dropped."""
-    try:
-        if p.suffix == ".gz":
-            with gzip.open(p, "rb") as f:
-                raw = f.read()
-        else:
-            raw = p.read_bytes()
-    except (OSError, EOFError) as e:  # a truncated or corrupt .gz, an unreadable file
-        raise DataError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
-    return raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
-
-
-def _has_bad_bytes(value: Any) -> bool:
-    if isinstance(value, str):
-        return any("\udc80" <= c <= "\udcff" for c in value)
-    if isinstance(value, dict):
-        return any(_has_bad_bytes(k) or _has_bad_bytes(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(map(_has_bad_bytes, value))
-    return False
-
-
-def _json_line(line: str) -> Any:
-    if _has_bad_bytes(line):
-        return _BadLine("invalid UTF-8")
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as e:
-        return _BadLine(f"undecodable line ({e.msg})")
-
-
-def _csv_rows(text: str) -> list[Any]:
-    """CSV rows as dicts; a row whose field count differs from the header's, or that holds invalid UTF-8, is bad."""
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    try:
-        header = next(reader)
-    except (StopIteration, csv.Error):
-        return []
-    rows: list[Any] = []
-    while True:
-        try:
-            fields = next(reader)
-        except StopIteration:
-            return rows
-        except csv.Error as e:
-            rows.append(_BadLine(f"malformed CSV ({e})"))
-            continue
-        if not fields:
-            continue
-        if len(fields) != len(header):
-            rows.append(_BadLine(f"malformed CSV ({len(fields)} fields, the header has {len(header)})"))
-        elif _has_bad_bytes(fields):
-            rows.append(_BadLine("invalid UTF-8"))
-        else:
-            rows.append(dict(zip(header, fields)))
-
-
-def _raw_rows(src, stage: str, seed: int) -> tuple[str, list[Any] | Dataset]:
+def _raw_rows(src, stage: str, seed: int, workdir: Path) -> RawRows:
     if src.task:
         from adapt.tasks import get_task
 
         task = get_task(src.task)
-        rows_of = task.sft_rows if stage == "sft" else task.preference_rows
-        rows = rows_of(src.split, src.rows, seed)
-        return f"task:{src.task}", rows
+        rows_of_task = task.sft_rows if stage == "sft" else task.preference_rows
+        return RawRows(f"task:{src.task}", Dataset.from_list(rows_of_task(src.split, src.rows, seed)), "records")
     if src.path:
-        return src.path, _read_local(src.path)
+        return read_local(src.path, workdir, DataError)
     from datasets import load_dataset
 
     ds = load_dataset(src.hub, src.name, split=src.split, revision=src.revision)
-    # Kept as the memory-mapped dataset, not a list: the OLMoE mixture is 608k conversations, and only the
-    # converted rows need to live in Python at once.
-    return f"{src.hub}@{src.revision or 'main'}:{src.split}", ds
+    return RawRows(f"{src.hub}@{src.revision or 'main'}:{src.split}", ds, "records")  # memory-mapped as it is
 
 
 # ---------------------------------------------------------------------------------------------------- converting
 
-def _convert(name: str, rows: list[Any] | Dataset, src, stage: str,
-             data_section) -> tuple[list[tuple[int, dict]], SourceSummary]:
-    """Converted rows with their 1-based row numbers in the source, and the source's counts so far."""
-    if isinstance(rows, Dataset):
-        first = rows[0] if len(rows) else None
-    else:
-        first = next((r for r in rows if isinstance(r, dict)), None)
-    fmt = src.format or (detect_format(set(first), stage) if first else None)
-    if fmt is None:
-        found = ", ".join(sorted(first)) if first else "no rows"
-        raise DataError(f"{name}: cannot tell the {stage} format from the columns ({found}); "
-                        f"set `format:` on the source or rename the columns")
-    try:
-        convert = converter(fmt, stage)
-    except ValueError as e:
-        raise DataError(f"{name}: {e}") from None
-    summary = SourceSummary(source=name, format=fmt, rows_read=len(rows))
-    kept, seen = [], set()
-    for n, row in enumerate(rows, start=1):
+def _first_row(raw: RawRows) -> dict | None:
+    """The first decodable row, to tell the format from its columns."""
+    step = 1000
+    for begin in range(0, len(raw.rows), step):
+        batch = raw.rows[begin:begin + step]
+        row = next((r for r in rows_of(batch, raw.kind, raw.file) if isinstance(r, dict)), None)
+        if row is not None:
+            return row
+    return None
+
+
+def _convert_batch(batch: dict[str, list], indices: list[int], *, kind: str, file: str | None, fmt: str,
+                   stage: str, source_id: int, identical_pairs: str, index_dir: str | None) -> dict[str, list]:
+    """One worker's batch: each row converted, its 16-byte digest and its benchmark overlap, or why it is bad."""
+    from adapt.data.decontam import prompt_text, shared_index
+
+    convert, fields = converter(fmt, stage), FIELDS[stage]
+    index = shared_index(index_dir) if index_dir else None
+    out: dict[str, list] = {"row": [], "status": [], "error": [], "same_pair": [], "digest_hi": [], "digest_lo": [],
+                            "overlap": [], SOURCE_COLUMN: [], **{f: [] for f in fields}}
+    for i, row in zip(indices, rows_of(batch, kind, file)):
+        converted, status, error, same, digest, overlap = None, "", "", False, b"\0" * 16, None
         try:
-            if isinstance(row, _BadLine):
-                raise RowError(row.reason)
+            if isinstance(row, BadRow):
+                raise RowError(str(row))
             if not isinstance(row, dict):
                 raise RowError("not an object")
             converted = _converted(convert, row)
         except RowError as e:
-            if data_section.on_bad_row == "fail":
-                raise DataError(f"{name}: row {n}: {e}; fix or remove that row, or set data.on_bad_row: skip") from None
-            summary.dropped[e.reason] += 1
-            if len(summary.examples) < 5:
-                summary.examples.append(f"row {n}: {e}")
-            continue
-        if stage == "dpo" and data_section.identical_pairs == "drop" and converted["chosen"] == converted["rejected"]:
-            summary.dropped["chosen equals rejected"] += 1
-            continue
-        # A 16-byte digest per row, not the row's text: the OLMoE mixture has 608k conversations.
-        key = hashlib.blake2b(json.dumps(converted, sort_keys=True).encode(), digest_size=16).digest()
-        if key in seen:
-            summary.duplicates += 1
-            if data_section.duplicates == "drop":
-                summary.dropped["duplicate"] += 1
-                continue
-        seen.add(key)
-        kept.append((n, converted))
-    summary.rows_kept = len(kept)
-    return kept, summary
+            status, error, converted = e.reason, str(e), None
+        if converted is not None:
+            same = stage == "dpo" and identical_pairs == "drop" and converted["chosen"] == converted["rejected"]
+            # A 16-byte digest per row, not the row's text: duplicates are found on whole columns in the parent.
+            digest = hashlib.blake2b(json.dumps(converted, sort_keys=True).encode(), digest_size=16).digest()
+            match = index.match(prompt_text(converted)) if index is not None else None
+            if match is not None:
+                overlap = json.dumps({"benchmark": match.benchmark, "item": match.item, "overlap": match.overlap})
+        out["row"].append(i + 1)
+        out["status"].append(status)
+        out["error"].append(error)
+        out["same_pair"].append(same)
+        out["digest_hi"].append(int.from_bytes(digest[:8], "little", signed=True))
+        out["digest_lo"].append(int.from_bytes(digest[8:], "little", signed=True))
+        out["overlap"].append(overlap)
+        out[SOURCE_COLUMN].append(source_id)
+        for f in fields:
+            out[f].append(converted[f] if converted is not None else [])
+    return out
 
 
 def _converted(convert, row: dict) -> dict:
     """A converter's result; a field of the wrong type (a number where text belongs, a string where turns belong)
     is a bad row like any other, not a crash."""
     try:
-        return convert(row)
+        converted = convert(row)
     except RowError:
         raise
     except (TypeError, AttributeError, KeyError, ValueError, IndexError) as e:
         raise RowError("malformed row", f"{type(e).__name__}: {e}") from None
+    for turns in converted.values():
+        for turn in turns:
+            if not isinstance(turn.get("content"), str):
+                raise RowError("non-text content", turn.get("role", "?"))
+            if any("\ud800" <= c <= "\udfff" for c in turn["content"]):  # a lone surrogate is not text
+                raise RowError("invalid UTF-8")
+    return converted
 
 
-def _decontamination_index(data_section):
+def _features(stage: str) -> Features:
+    return Features({"row": Value("int64"), "status": Value("string"), "error": Value("string"),
+                     "same_pair": Value("bool"), "digest_hi": Value("int64"), "digest_lo": Value("int64"),
+                     "overlap": Value("string"), SOURCE_COLUMN: Value("int32"),
+                     **{f: TURNS for f in FIELDS[stage]}})
+
+
+def _convert(raw: RawRows, src, source_id: int, stage: str, data_section, index_dir: Path | None,
+             workdir: Path, num_proc: int | None) -> tuple[Dataset, str]:
+    """The source's rows converted (with each row's status, digest and overlap), and the format used."""
+    first = _first_row(raw)
+    fmt = src.format or (detect_format(set(first), stage) if first else None)
+    if fmt is None:
+        found = ", ".join(sorted(first)) if first else "no rows"
+        raise DataError(f"{raw.name}: cannot tell the {stage} format from the columns ({found}); "
+                        f"set `format:` on the source or rename the columns")
+    try:
+        converter(fmt, stage)
+    except ValueError as e:
+        raise DataError(f"{raw.name}: {e}") from None
+    kwargs = {"kind": raw.kind, "file": raw.file, "fmt": fmt, "stage": stage, "source_id": source_id,
+              "identical_pairs": data_section.identical_pairs, "index_dir": str(index_dir) if index_dir else None}
+    converted = raw.rows.map(
+        _convert_batch, batched=True, with_indices=True, fn_kwargs=kwargs, remove_columns=raw.rows.column_names,
+        features=_features(stage), num_proc=_procs(num_proc, len(raw.rows)),
+        cache_file_name=str(workdir / f"converted-{source_id}.arrow"), load_from_cache_file=False,
+        new_fingerprint=uuid.uuid4().hex, desc=f"Converting {raw.name}")
+    return converted, fmt
+
+
+def _procs(num_proc: int | None, rows: int) -> int | None:
+    """More workers than batches of 1,000 rows only costs start-up."""
+    return None if not num_proc or num_proc < 2 or rows < 2000 else min(num_proc, rows // 1000)
+
+
+# ----------------------------------------------------------------------------------- bad rows, duplicates, overlaps
+
+def _select(converted: Dataset, name: str, fmt: str, data_section) -> tuple[np.ndarray, SourceSummary]:
+    """The rows kept, in source order, and the source's counts: bad rows (or the first one, as an error),
+    identical pairs, duplicates and benchmark overlaps, worked out on whole columns."""
+    table = converted.data
+    summary = SourceSummary(source=name, format=fmt, rows_read=len(converted))
+    status = table.column("status")
+    bad = pc.not_equal(status, "").to_numpy(zero_copy_only=False)
+    bad_rows = np.flatnonzero(bad)
+    if len(bad_rows):
+        first = converted.select_columns(["row", "error"]).select(bad_rows[:5])
+        if data_section.on_bad_row == "fail":
+            row, error = first[0]["row"], first[0]["error"]
+            raise DataError(f"{name}: row {row}: {error}; fix or remove that row, or set data.on_bad_row: skip")
+        reasons = pc.value_counts(pc.filter(status, pc.not_equal(status, ""))).to_pylist()
+        summary.dropped.update({r["values"]: r["counts"] for r in reasons})
+        summary.examples = [f"row {r['row']}: {r['error']}" for r in first]
+    same = table.column("same_pair").to_numpy(zero_copy_only=False)
+    if same.any():
+        summary.dropped["chosen equals rejected"] += int(same.sum())
+    candidates = np.flatnonzero(~bad & ~same)
+    digests = np.stack([table.column("digest_hi").to_numpy(), table.column("digest_lo").to_numpy()], axis=1)
+    digests = np.ascontiguousarray(digests[candidates]).view([("hi", "<i8"), ("lo", "<i8")]).ravel()
+    _, first_seen = np.unique(digests, return_index=True)
+    summary.duplicates = len(candidates) - len(first_seen)
+    keep = candidates
+    if data_section.duplicates == "drop":
+        keep = np.sort(candidates[first_seen])
+        if summary.duplicates:
+            summary.dropped["duplicate"] += summary.duplicates
+    overlapping = pc.is_valid(table.column("overlap")).to_numpy(zero_copy_only=False)[keep]
+    if overlapping.any():
+        hits = converted.select_columns(["row", "overlap"]).select(keep[overlapping])
+        summary.decontaminated = [{"row": r["row"], **json.loads(r["overlap"])} for r in hits]
+        summary.dropped["benchmark overlap"] += len(summary.decontaminated)
+    return keep[~overlapping], summary
+
+
+def _decontamination_index(data_section, workdir: Path) -> Path | None:
+    """The n-gram index of `data.decontaminate`'s benchmarks, built once and saved for every worker to map."""
     if not data_section.decontaminate:
         return None
     from adapt.data.decontam import NgramIndex, read_benchmark
@@ -241,43 +247,32 @@ def _decontamination_index(data_section):
             raise DataError(f"data.decontaminate.{name}: cannot read {ref!r} as {name} prompts "
                             f"({type(e).__name__}: {e}); point it at the benchmark's file as the benchmark's release "
                             f"ships it") from None
-    return NgramIndex(benchmarks, n=data_section.decontam_ngram, threshold=data_section.decontam_threshold)
+    index = NgramIndex(benchmarks, n=data_section.decontam_ngram, threshold=data_section.decontam_threshold)
+    return index.save(workdir / "decontamination-index")
 
 
-def _decontaminate(numbered: list[tuple[int, dict]], index, summary: SourceSummary) -> list[dict]:
-    from adapt.data.decontam import prompt_text
-
-    kept = []
-    for n, row in numbered:
-        match = index.match(prompt_text(row)) if index is not None else None
-        if match is None:
-            kept.append(row)
-            continue
-        summary.dropped["benchmark overlap"] += 1
-        summary.decontaminated.append({"row": n, "benchmark": match.benchmark, "item": match.item,
-                                       "overlap": match.overlap})
-    return kept
-
-
-def read_mixture(data_section, stage: str) -> tuple[Dataset, list[SourceSummary]]:
+def read_mixture(data_section, stage: str, num_proc: int | None = None,
+                 workdir: Path | None = None) -> tuple[Dataset, list[SourceSummary]]:
     """All sources concatenated in recipe order (each converted, decontaminated, shuffled/truncated as its entry
-    says), with a `source_id` column giving each row's position in `data.sources`."""
+    says), with a `source_id` column giving each row's position in `data.sources`. The rows live in Arrow files in
+    `workdir` (a temporary folder when None)."""
+    workdir = workdir or build_folder()
     parts, summaries = [], []
-    index = _decontamination_index(data_section)
+    index_dir = _decontamination_index(data_section, workdir)
     for i, src in enumerate(data_section.sources):
-        name, raw = _raw_rows(src, stage, data_section.seed)
-        numbered, summary = _convert(name, raw, src, stage, data_section)
-        rows = _decontaminate(numbered, index, summary)
-        if not rows:
-            raise DataError(f"{name}: no usable rows ({dict(summary.dropped) or 'the source is empty'})")
-        ds = Dataset.from_list(rows)
+        raw = _raw_rows(src, stage, data_section.seed, workdir)
+        converted, fmt = _convert(raw, src, i, stage, data_section, index_dir, workdir, num_proc)
+        kept, summary = _select(converted, raw.name, fmt, data_section)
+        if not len(kept):
+            raise DataError(f"{raw.name}: no usable rows ({dict(summary.dropped) or 'the source is empty'})")
+        ds = converted.select(kept).select_columns([*FIELDS[stage], SOURCE_COLUMN])
         if src.shuffle:
             ds = ds.shuffle(seed=data_section.seed)
         if src.rows is not None and src.rows < len(ds):
             summary.rows_not_taken = len(ds) - src.rows
             ds = ds.select(range(src.rows))
         summary.rows_kept = len(ds)
-        parts.append(ds.add_column(SOURCE_COLUMN, [i] * len(ds)))
+        parts.append(ds)
         summaries.append(summary)
     return (concatenate_datasets(parts) if len(parts) > 1 else parts[0]), summaries
 
