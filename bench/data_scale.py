@@ -8,8 +8,8 @@ at several sizes, with 1 and 2 processes, then built again to time the cache hit
 DATA_DIR is the public releases' layout that `adapt eval --data-dir` reads (the benchmarks) plus the small SFT and
 preference samples the rows are drawn from (sft/, gsm8k/train.jsonl, preference/). Each row of the table is one
 `adapt data` process (`training.dataset_num_proc` = procs, a cold cache folder): wall time, rows/s, peak resident
-memory of its whole process tree (all of it, and the anonymous part: what the build holds, without the memory-mapped
-files), the cache entry's size, and a second `adapt data` on the same cache (start-up included).
+memory of its whole process tree (proportional set size, so pages shared by forked workers count once; all of it,
+and the anonymous part: what the build holds, without the memory-mapped files), the cache entry's size, and a second `adapt data` on the same cache (start-up included).
 
 The mixture: 608,012 rows in the published proportions (paper Table 3). Row lengths in tokens are drawn per
 component from a log-normal around a mean and capped at 4,096 (the Hub mixture's name says `4096`). Tulu 2's mean
@@ -109,7 +109,8 @@ def write_mixture(path: Path, rows: int, data: Path, seed: int = 0) -> dict:
 # ------------------------------------------------------------------------------------------------ measuring
 
 def _tree_memory(pid: int) -> tuple[int, int]:
-    """(resident, anonymous) bytes of a process and all its descendants, from /proc."""
+    """(resident, anonymous) bytes of a process and all its descendants: proportional set sizes from
+    /proc/PID/smaps_rollup, so that pages a forked worker shares with its parent are counted once, not per process."""
     import psutil
 
     try:
@@ -120,12 +121,12 @@ def _tree_memory(pid: int) -> tuple[int, int]:
     rss = anon = 0
     for p in procs:
         try:
-            status = Path(f"/proc/{p.pid}/status").read_text()
+            rollup = Path(f"/proc/{p.pid}/smaps_rollup").read_text()
         except OSError:
             continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        rss += int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
-        anon += int(fields.get("RssAnon", "0 kB").split()[0]) * 1024
+        fields = dict(line.split(":", 1) for line in rollup.splitlines()[1:] if ":" in line)
+        rss += int(fields.get("Pss", "0 kB").split()[0]) * 1024
+        anon += int(fields.get("Pss_Anon", "0 kB").split()[0]) * 1024
     return rss, anon
 
 
@@ -221,7 +222,8 @@ def main() -> None:
                 "hit_peak_rss_gb": round(hit["peak_rss"] / 2**30, 2),
                 "tokens": summary["tokens"], "rows_kept": summary["train_rows"],
                 "decontaminated": source["dropped"].get("benchmark overlap", 0),
-                "length_p50_p90_p99_max": "/".join(str(v) for v in source["length_percentiles"].values()),
+                "length_p50_p90_p99_max": "/".join(str(source["length_percentiles"][q])
+                                                   for q in ("p50", "p90", "p99", "max")),
                 "packed_sequences": summary.get("packed_sequences"),
             })
             shutil.rmtree(cache, ignore_errors=True)
@@ -241,7 +243,7 @@ def main() -> None:
                     components=components, largest_input_gb=round(input_bytes / 2**30, 2))
     finish(header, rows, [("rows", "rows", ""), ("procs", "procs", ""), ("seconds", "build s", ".1f"),
                           ("rows_per_s", "rows/s", ",.0f"), ("speedup_vs_1", "vs 1 proc", ".2f"),
-                          ("peak_rss_gb", "peak RSS GB", ".2f"), ("peak_anon_gb", "peak anon GB", ".2f"),
+                          ("peak_rss_gb", "peak PSS GB", ".2f"), ("peak_anon_gb", "peak anon GB", ".2f"),
                           ("cache_gb", "cache GB", ".2f"), ("hit_seconds", "hit s", ".1f"),
                           ("tokens", "tokens", ","), ("length_p50_p90_p99_max", "len p50/p90/p99/max", ""),
                           ("decontaminated", "decontam.", "")], args.json)

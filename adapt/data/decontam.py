@@ -192,15 +192,15 @@ class NgramIndex:
                     self.too_short[bench] += 1
                     continue
                 self.items.append((bench, item_id))
-                item_ids.append(np.array([self.vocab.setdefault(w, len(self.vocab)) for w in tokens], np.int64))
+                item_ids.append([self.vocab.setdefault(w, len(self.vocab)) for w in tokens])
         grams, owners, totals = [], [], []
         for key, ids in enumerate(item_ids):
             k = min(self.n, len(ids))
             lengths.add(k)
-            hashes = _gram_hashes(ids, k)
+            hashes = _gram_hashes(np.array(ids, np.int64), k)
             grams.append(hashes)
             owners.append(np.full(len(hashes), key, np.int32))
-            totals.append(len({tuple(ids[i:i + k]) for i in range(len(ids) - k + 1)}))  # exact, not hashed
+            totals.append(len(set(zip(*(ids[j:] for j in range(k))))))  # distinct n-grams: exact, not hashed
         hashes_H = np.concatenate(grams) if grams else np.empty(0, np.uint64)
         owners_H = np.concatenate(owners) if owners else np.empty(0, np.int32)
         order = np.lexsort((owners_H, hashes_H))
@@ -209,7 +209,7 @@ class NgramIndex:
         self.offsets_G = np.append(first, len(hashes_H)).astype(np.int64)
         self.totals_I = np.array(totals, np.int64)
         self.word_offsets_I = np.cumsum([0] + [len(ids) for ids in item_ids]).astype(np.int64)
-        self.word_ids_W = np.concatenate(item_ids) if item_ids else np.empty(0, np.int64)
+        self.word_ids_W = np.array([i for ids in item_ids for i in ids], np.int64)
         self.lengths = sorted(lengths)
 
     # -- sharing

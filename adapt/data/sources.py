@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import json
+import re
 import shutil
 import tempfile
 import uuid
@@ -59,6 +60,7 @@ class SourceSummary:
 
 # ------------------------------------------------------------------------------------------------------- reading
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
 TURNS = List({"role": Value("string"), "content": Value("string")})
 FIELDS = {"sft": ("messages",), "dpo": ("prompt", "chosen", "rejected")}
 
@@ -154,7 +156,7 @@ def _converted(convert, row: dict) -> dict:
         for turn in turns:
             if not isinstance(turn.get("content"), str):
                 raise RowError("non-text content", turn.get("role", "?"))
-            if any("\ud800" <= c <= "\udfff" for c in turn["content"]):  # a lone surrogate is not text
+            if _SURROGATE.search(turn["content"]):  # a lone surrogate (a JSON `\\udc80`) is not text
                 raise RowError("invalid UTF-8")
     return converted
 

@@ -10,9 +10,9 @@ import time
 
 from transformers import set_seed
 
-from adapt.data.prepare import prepare_data
 from adapt.data.tokenizer import load_tokenizer
 from adapt.model.loading import load_model
+from adapt.stages.data import stage_data
 from adapt.stages.entry import stage_main
 from adapt.stages.train import add_adapters, check_family, prepare_model, train_and_save
 from adapt.trainers import AdaptDPOTrainer, MetricsJSONLCallback
@@ -23,8 +23,7 @@ def run(config):
     set_seed(config.seed)
     tokenizer = load_tokenizer(config.model)
     # The data before the model: a bad row or file stops the run in seconds, not after the weights load.
-    with config.main_process_first(local=False, desc="data"):  # rank 0 builds (and caches) the mixture first
-        data = prepare_data(config.stage, config.data, config.sequence_layout(), tokenizer)
+    data = stage_data(config, tokenizer)  # built once per cache folder, memory-mapped by the other processes
     check_family(config)  # before the weights load
     model = load_model(config.model, tokenizer, seed=config.seed, peft=config.peft)
     prepare_model(model, config)
