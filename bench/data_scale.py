@@ -92,7 +92,9 @@ def write_mixture(path: Path, rows: int, data: Path, seed: int = 0) -> dict:
         for i, c in enumerate(which):
             _, mean, multi, kind = COMPONENTS[names[c]]
             tokens = int(min(4096, max(24, rng.lognormal(np.log(mean) - 0.32, 0.8))))  # E = mean for sigma 0.8
-            budget, turns = int(tokens * CHARS_PER_TOKEN), 1 + (rng.integers(1, 4) if rng.random() < multi else 0)
+            # characters for that many tokens, capped so that code (fewer characters a token) stays near 4,096
+            budget = int(min(tokens * CHARS_PER_TOKEN, 4096 * 3.2))
+            turns = 1 + (rng.integers(1, 4) if rng.random() < multi else 0)
             messages = []
             for t in range(turns):
                 prompt = kinds[kind][rng.integers(len(kinds[kind]))][0].strip()
@@ -227,6 +229,7 @@ def main() -> None:
                 "packed_sequences": summary.get("packed_sequences"),
             })
             shutil.rmtree(cache, ignore_errors=True)
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # progress: a full run takes over an hour
         if mixture != biggest:
             mixture.unlink()
         by_procs = {r["procs"]: r["seconds"] for r in rows if r["rows"] == size}

@@ -142,25 +142,29 @@ class Match:
 
 
 _FNV_PRIME = np.uint64(0x100000001B3)
-_LENGTH_SALT = 0x9E3779B97F4A7C15
+_SEED = 0xCBF29CE484222325  # FNV-1a's offset basis
 
 
-def _gram_hashes(ids_L: np.ndarray, k: int) -> np.ndarray:
-    """64-bit hashes of the k-grams of a word-id sequence that hold no unknown word (id -1), unique and sorted.
+def gram_hashes(ids_L: np.ndarray, lengths) -> dict[int, np.ndarray]:
+    """For each k in `lengths`: 64-bit hashes of the k-grams of a word-id sequence that hold no unknown word (id -1).
 
-    FNV-style over the ids, salted with k so that grams of different lengths never share a hash by construction.
-    A hash says "maybe the same n-gram"; `NgramIndex.match` confirms a match on the words before reporting it.
+    FNV-style over the ids, the k-grams extended from the (k-1)-grams (one pass per word of the longest gram), and
+    finished with k so that grams of different lengths do not share a hash by construction. A hash says "maybe the
+    same n-gram"; `NgramIndex.match` confirms a match on the words before reporting it.
     """
-    n_windows = len(ids_L) - k + 1
-    if n_windows <= 0:
-        return np.empty(0, dtype=np.uint64)
+    out = {}
     unknown_L = np.concatenate(([0], np.cumsum(ids_L < 0)))
-    valid_W = unknown_L[k:] == unknown_L[:-k]
     ids_u = ids_L.astype(np.uint64)
-    h_W = np.full(n_windows, (k * _LENGTH_SALT) % 2**64, dtype=np.uint64)
-    for j in range(k):  # numpy's uint64 arithmetic wraps, which is what a hash wants
-        h_W = (h_W ^ ids_u[j:j + n_windows]) * _FNV_PRIME
-    return np.unique(h_W[valid_W])
+    h_W = np.full(len(ids_L), _SEED, dtype=np.uint64)
+    for k in range(1, max(lengths, default=0) + 1):
+        n_windows = len(ids_L) - k + 1
+        if n_windows <= 0:
+            break
+        h_W = (h_W[:n_windows] ^ ids_u[k - 1:k - 1 + n_windows]) * _FNV_PRIME  # uint64 arithmetic wraps: a hash
+        if k in lengths:
+            valid_W = unknown_L[k:] == unknown_L[:-k]
+            out[k] = ((h_W ^ np.uint64(k)) * _FNV_PRIME)[valid_W]
+    return out
 
 
 class NgramIndex:
@@ -197,7 +201,7 @@ class NgramIndex:
         for key, ids in enumerate(item_ids):
             k = min(self.n, len(ids))
             lengths.add(k)
-            hashes = _gram_hashes(np.array(ids, np.int64), k)
+            hashes = np.unique(gram_hashes(np.array(ids, np.int64), {k})[k])
             grams.append(hashes)
             owners.append(np.full(len(hashes), key, np.int32))
             totals.append(len(set(zip(*(ids[j:] for j in range(k))))))  # distinct n-grams: exact, not hashed
@@ -241,12 +245,11 @@ class NgramIndex:
     def _candidates(self, ids_L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Items sharing a hashed n-gram with the text, and how many they share."""
         found = []
-        for k in self.lengths:
-            hashes = _gram_hashes(ids_L, k)
+        for k, hashes in gram_hashes(ids_L, set(self.lengths)).items():
             pos = np.searchsorted(self.keys_G, hashes)
             inside = pos < len(self.keys_G)
-            pos, hashes = pos[inside], hashes[inside]
-            hit = pos[self.keys_G[pos] == hashes]
+            pos = pos[inside]
+            hit = np.unique(pos[self.keys_G[pos] == hashes[inside]])  # each distinct gram counts once
             if len(hit):
                 starts, ends = self.offsets_G[hit], self.offsets_G[hit + 1]
                 lens = ends - starts

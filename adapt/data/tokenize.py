@@ -63,7 +63,7 @@ def _sft_example(row: dict, tokenizer, assistant_only_loss: bool, chat_template:
             verdict = "longer than max_length"
         else:
             ids, labels, verdict = ids[:max_length], labels[:max_length], "truncated"
-    trained = sum(t != -100 for t in labels)
+    trained = len(labels) - labels.count(-100)
     if trained == 0 and verdict != "longer than max_length":
         verdict = "no assistant tokens within max_length"
     return {"input_ids": ids, "labels": labels, "length": length, "verdict": verdict, "n_tokens": len(ids),
