@@ -141,7 +141,7 @@ def run_measured(cmd: list[str], env: dict) -> dict:
         while proc.poll() is None:
             rss, anon = _tree_memory(proc.pid)
             peak["rss"], peak["anon"] = max(peak["rss"], rss), max(peak["anon"], anon)
-            time.sleep(0.1)
+            time.sleep(1.0)  # reading every process's smaps_rollup is not free: sampling must not slow the build
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
