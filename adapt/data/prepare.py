@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,9 +61,11 @@ def prepare_data(stage: str, data: DataSection, layout: SequenceLayout, tokenize
     use_cache = data.cache if use_cache is None else use_cache
     cache_dir = Path(data.cache_dir).expanduser() if data.cache_dir else cache.default_cache_dir()
     memo = cache.HashMemo(cache_dir) if use_cache else None
-    key = cache.mixture_key(stage, data, layout, tokenizer, memo)
+    with timed("cache key (hashing the inputs)"):
+        key = cache.mixture_key(stage, data, layout, tokenizer, memo)
     if use_cache:
-        hit = cache.load_entry(cache_dir, key)
+        with timed("cache lookup"):
+            hit = cache.load_entry(cache_dir, key)
         if hit is not None:
             log.info("data: tokenized mixture %s loaded from the cache (%s)", key, cache_dir / key)
             return PreparedData(*hit, cache_entry=cache_dir / key, from_cache=True)
@@ -78,7 +82,8 @@ def prepare_data(stage: str, data: DataSection, layout: SequenceLayout, tokenize
                             ", or use fewer rows") from None
         if not use_cache:
             return PreparedData(train, held_out, summary)
-        entry = cache.save_entry(cache_dir, key, train, held_out, summary, num_proc=layout.num_proc)
+        with timed("write the cache entry"):
+            entry = cache.save_entry(cache_dir, key, train, held_out, summary, num_proc=layout.num_proc)
         memo.save()
         log.info("data: tokenized mixture %s written to the cache (%s)", key, entry)
         return PreparedData(*cache.load_entry(cache_dir, key), cache_entry=entry)  # memory-mapped from the entry
@@ -95,14 +100,24 @@ def _build_folder(cache_dir: Path | None) -> Path:
                         f"point data.cache_dir elsewhere, or set data.cache: false") from None
 
 
+@contextmanager
+def timed(phase: str):
+    """Log how long a phase of the build took (`adapt.data` at INFO; bench/data_scale.py reads these lines)."""
+    start = time.perf_counter()
+    yield
+    log.info("data: %s took %.1f s", phase, time.perf_counter() - start)
+
+
 def _build(stage: str, data: DataSection, layout: SequenceLayout, tokenizer, key: str, template: str | None,
            workdir: Path) -> tuple[Dataset, Dataset | None, dict[str, Any]]:
-    rows, sources = read_mixture(data, stage, num_proc=layout.num_proc, workdir=workdir)
-    tokenized, token_stats = tokenize_mixture(
-        rows, tokenizer, stage, max_length=layout.max_length, over_length=data.over_length,
-        assistant_only_loss=bool(data.assistant_only_loss), chat_template=template, strip=bool(data.strip),
-        train_assistant_newline=data.train_assistant_newline, num_proc=layout.num_proc,
-        cache_file_name=str(workdir / "tokenized.arrow"))
+    with timed("read, convert, decontaminate"):
+        rows, sources = read_mixture(data, stage, num_proc=layout.num_proc, workdir=workdir)
+    with timed("tokenize"):
+        tokenized, token_stats = tokenize_mixture(
+            rows, tokenizer, stage, max_length=layout.max_length, over_length=data.over_length,
+            assistant_only_loss=bool(data.assistant_only_loss), chat_template=template, strip=bool(data.strip),
+            train_assistant_newline=data.train_assistant_newline, num_proc=layout.num_proc,
+            cache_file_name=str(workdir / "tokenized.arrow"))
     for summary, stats in zip(sources, token_stats):
         summary.dropped.update(stats["dropped"])
         summary.rows_kept = stats["rows"]
@@ -113,11 +128,12 @@ def _build(stage: str, data: DataSection, layout: SequenceLayout, tokenizer, key
     train_rows, eval_rows = len(train), 0 if held_out is None else len(held_out)
 
     packing = layout.packing
-    if packing:
-        train = pack(train, layout.max_length, layout.packing_strategy, str(workdir / "packed-train.arrow"))
     eval_packing = packing if layout.eval_packing is None else layout.eval_packing
-    if held_out is not None and eval_packing:
-        held_out = pack(held_out, layout.max_length, layout.packing_strategy, str(workdir / "packed-eval.arrow"))
+    with timed("pack"):
+        if packing:
+            train = pack(train, layout.max_length, layout.packing_strategy, str(workdir / "packed-train.arrow"))
+        if held_out is not None and eval_packing:
+            held_out = pack(held_out, layout.max_length, layout.packing_strategy, str(workdir / "packed-eval.arrow"))
 
     summary = {
         "stage": stage, "mixture_key": key,

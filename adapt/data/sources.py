@@ -13,9 +13,11 @@ from __future__ import annotations
 import atexit
 import hashlib
 import json
+import logging
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,6 +31,8 @@ from datasets import Dataset, Features, List, Value, concatenate_datasets
 from adapt.data.formats import RowError, converter, detect_format
 from adapt.data.reading import BadRow, RawRows, read_local, rows_of
 from adapt.data.tokenize import SOURCE_COLUMN
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -260,7 +264,10 @@ def read_mixture(data_section, stage: str, num_proc: int | None = None,
     `workdir` (a temporary folder when None)."""
     workdir = workdir or build_folder()
     parts, summaries = [], []
+    start = time.perf_counter()
     index_dir = _decontamination_index(data_section, workdir)
+    if index_dir is not None:
+        log.info("data: decontamination index took %.1f s", time.perf_counter() - start)
     for i, src in enumerate(data_section.sources):
         raw = _raw_rows(src, stage, data_section.seed, workdir)
         converted, fmt = _convert(raw, src, i, stage, data_section, index_dir, workdir, num_proc)
