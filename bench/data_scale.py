@@ -9,7 +9,8 @@ DATA_DIR is the public releases' layout that `adapt eval --data-dir` reads (the 
 preference samples the rows are drawn from (sft/, gsm8k/train.jsonl, preference/). Each row of the table is one
 `adapt data` process (`training.dataset_num_proc` = procs, a cold cache folder): wall time, rows/s, peak resident
 memory of its whole process tree (proportional set size, so pages shared by forked workers count once; all of it,
-and the anonymous part: what the build holds, without the memory-mapped files), the cache entry's size, and a second `adapt data` on the same cache (start-up included).
+and the anonymous part: what the build holds, without the memory-mapped files), the cache entry's size, the build's
+phase times (logged by adapt.data), and a second `adapt data` on the same cache (start-up included).
 
 The mixture: 608,012 rows in the published proportions (paper Table 3). Row lengths in tokens are drawn per
 component from a log-normal around a mean and capped at 4,096 (the Hub mixture's name says `4096`). Tulu 2's mean

@@ -92,3 +92,19 @@ def test_gguf_export_bench_checks_each_type_in_llama_cpp(tmp_path, demo_tokenize
     f32, q8 = result["results"]
     assert f32["type"] == "f32" and f32["max_logit_diff"] < 1e-4 and f32["greedy_equal"] and f32["tokens_equal"]
     assert q8["mib"] < f32["mib"] / 3  # 8.5 bits per weight against 32 (norms and router stay f32)
+
+
+@pytest.mark.slow
+def test_data_scale_builds_then_hits_the_cache_and_counts_what_it_built(tmp_path, shared):
+    out = tmp_path / "scale.json"
+    run_bench("data_scale.py", "--data", str(shared / "data"), "--sizes", "300", "--procs", "1",
+              "--tokenizer", str(shared / "tokenizers/olmoe-gpt-neox-20b-pii-special.json"),
+              "--work", str(tmp_path / "work"), "--json", str(out))
+    result = json.loads(out.read_text())
+    assert {"device", "versions", "command", "components"} <= result.keys()
+    assert sum(result["components"].values()) == 300
+    [row] = result["results"]
+    assert row["rows_kept"] + row["decontaminated"] == 300  # no bad rows or duplicates in the synthetic mixture
+    assert row["rows_per_s"] == pytest.approx(300 / row["seconds"], rel=1e-2)
+    assert {"tokenize", "read, convert, decontaminate", "pack", "write the cache entry"} <= row["phases_s"].keys()
+    assert set(row["hit_phases_s"]) == {"cache key (hashing the inputs)", "cache lookup"}  # nothing rebuilt

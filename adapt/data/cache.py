@@ -9,7 +9,12 @@ assistant-only loss, and the library versions that tokenize. Only `data.cache`/`
 
 An entry is a folder `<cache_dir>/<key>/` with `train/`, optionally `eval/` (`Dataset.save_to_disk`) and
 `summary.json`. It is written under a temporary name and renamed into place, so an interrupted build never
-leaves an entry that looks complete.
+leaves an entry that looks complete. A hit memory-maps the entry: seconds for the 608k-row mixture.
+
+Beside the entries: `file-hashes.json` (`HashMemo`: the input files' sha256 by path and stat stamp, so that computing
+the key of an unchanged 2 GB input does not read it again) and, while a build runs, its `.build-*` folder of
+intermediate Arrow files on the same disk (removed when the entry is written or the build fails; a build killed
+outright leaves it behind, and it can be deleted).
 """
 
 from __future__ import annotations

@@ -245,7 +245,7 @@ class NgramIndex:
     def _candidates(self, ids_L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Items sharing a hashed n-gram with the text, and how many they share."""
         found = []
-        for k, hashes in gram_hashes(ids_L, set(self.lengths)).items():
+        for hashes in gram_hashes(ids_L, set(self.lengths)).values():
             pos = np.searchsorted(self.keys_G, hashes)
             inside = pos < len(self.keys_G)
             pos = pos[inside]

@@ -64,7 +64,6 @@ class SourceSummary:
 
 # ------------------------------------------------------------------------------------------------------- reading
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
 TURNS = List({"role": Value("string"), "content": Value("string")})
 FIELDS = {"sft": ("messages",), "dpo": ("prompt", "chosen", "rejected")}
 
@@ -96,6 +95,8 @@ def _raw_rows(src, stage: str, seed: int, workdir: Path) -> RawRows:
 
 
 # ---------------------------------------------------------------------------------------------------- converting
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 def _first_row(raw: RawRows) -> dict | None:
     """The first decodable row, to tell the format from its columns."""

@@ -36,8 +36,11 @@ def cache_is_shared(folder: Path) -> bool:
     dist.broadcast_object_list(token, src=0)
     marker = folder / f".shared-{token[0]}"
     if state.is_main_process:
-        folder.mkdir(parents=True, exist_ok=True)
-        marker.touch()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        except OSError:  # no raise on one rank while the others wait: the build reports the unwritable folder
+            pass
     state.wait_for_everyone()
     seen = [None] * state.num_processes
     dist.all_gather_object(seen, marker.exists())
