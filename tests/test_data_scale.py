@@ -124,3 +124,15 @@ def test_every_file_type_reads_the_same_rows_as_jsonl(tmp_path, suffix):
     assert same.train.to_list() == base.train.to_list() and len(base.train) == 30
     assert [{k: v for k, v in s.items() if k != "source"} for s in same.sources] == \
         [{k: v for k, v in s.items() if k != "source"} for s in base.sources]
+
+
+def test_an_empty_or_blank_file_is_one_line(tmp_path):
+    from adapt.config.sections import DataSection, DataSource
+    from adapt.data.sources import DataError, read_mixture
+
+    path = tmp_path / "blank.jsonl"
+    path.write_text("\n  \n\r\n")
+    with pytest.raises(DataError, match=r"blank.jsonl: no usable rows \(the source is empty\)"):
+        read_mixture(DataSection(sources=[DataSource(path=str(path), format="messages")]), "sft")
+    with pytest.raises(DataError, match=r"cannot tell the sft format from the columns \(no rows\)"):
+        read_mixture(DataSection(sources=[DataSource(path=str(path))]), "sft")

@@ -186,6 +186,8 @@ def _convert(raw: RawRows, src, source_id: int, stage: str, data_section, index_
         converter(fmt, stage)
     except ValueError as e:
         raise DataError(f"{raw.name}: {e}") from None
+    if not len(raw.rows):
+        raise DataError(f"{raw.name}: no usable rows (the source is empty)")
     kwargs = {"kind": raw.kind, "file": raw.file, "fmt": fmt, "stage": stage, "source_id": source_id,
               "identical_pairs": data_section.identical_pairs, "index_dir": str(index_dir) if index_dir else None}
     converted = raw.rows.map(
