@@ -264,7 +264,8 @@ def test_the_command_line_says_what_it_wrote(run, tmp_path, capsys):
 
     folder, _ = run
     main(["export", "gguf", str(folder), "--outfile", str(tmp_path / "m.gguf"), "--type", "f16"])
-    assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'm.gguf'} (f16, 27 tensors, ")
+    # the kinds are read back from the file: the 2-D weights in f16, 1-D tensors, norms and routers in f32
+    assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'm.gguf'} (f16, 27 tensors: 16 F16, 11 F32; ")
     with pytest.raises(SystemExit, match="^error: .*m.gguf exists"):
         main(["export", "gguf", str(folder), "--outfile", str(tmp_path / "m.gguf")])
 
@@ -278,4 +279,47 @@ def test_check_compares_the_file_with_transformers_in_llama_cpp(run, tmp_path, c
     lines = capsys.readouterr().out.splitlines()[1:]
     assert lines[0] == "  tokenization: equal on every text"
     assert lines[1].startswith("  logits: max |transformers - llama.cpp| ") and float(lines[1].split()[5]) < 1e-4
-    assert lines[2:] == ["  greedy 16 tokens: identical", "  chat template: the same prompt"]
+    assert lines[2:] == ["  greedy 16 tokens: 16 agree before the first difference", "  chat template: the same prompt"]
+
+
+def k_quant_run(folder, tokenizer):
+    """A tiny OLMoE whose rows are 256 wide, so every 2-D tensor is a real K-quant (llama.cpp falls back to Q5_0 and
+    friends for rows that are not a multiple of its 256-value super block), with weights N(0, 0.02)."""
+    from transformers import OlmoeForCausalLM
+
+    torch.manual_seed(0)
+    model = OlmoeForCausalLM(tiny_config(tokenizer, hidden_size=256, intermediate_size=256, initializer_range=0.02))
+    model.eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model
+
+
+@pytest.mark.parametrize("type_, expert_kind", [("q4_k_m", "Q4_K"), ("q6_k", "Q6_K")])
+def test_k_quants_come_from_llama_cpps_quantizer_and_check_within_their_tolerance(tulu_tokenizer, tmp_path, type_,
+                                                                                 expert_kind, capsys):
+    import gguf
+
+    from adapt.cli import main
+
+    needs_llama_cpp()
+    model = k_quant_run(tmp_path / "run", tulu_tokenizer)
+    main(["export", "gguf", str(tmp_path / "run"), "--outfile", str(tmp_path / "m.gguf"), "--type", type_])
+    stored = {t.name: t.tensor_type.name for t in gguf.GGUFReader(tmp_path / "m.gguf").tensors}
+    assert stored["blk.0.ffn_gate_exps.weight"] == expert_kind and stored["blk.0.ffn_gate_inp.weight"] == "F32"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf", "run"]  # the float file it came from is gone
+    result = lc.check_gguf(tmp_path / "run", tmp_path / "m.gguf", type_, model=model)
+    # measured: q4_k_m 0.041 / 0.259 = 0.16, q6_k 0.050 (tolerances 0.25 and 0.1)
+    assert result.passed() and 0.01 < result.relative_difference <= lc.RELATIVE_TOLERANCE[type_]
+    assert result.max_logit_difference > 1e-3  # rounded, really: not the float file
+
+
+def test_a_k_quant_outside_its_tolerance_fails_the_check(tulu_tokenizer, tmp_path, monkeypatch, capsys):
+    from adapt.cli import main
+
+    needs_llama_cpp()
+    k_quant_run(tmp_path / "run", tulu_tokenizer)
+    monkeypatch.setitem(lc.RELATIVE_TOLERANCE, "q4_k_m", 0.01)  # below what 4 bits can give (measured 0.16)
+    with pytest.raises(SystemExit, match="does not compute what transformers computes"):
+        main(["export", "gguf", str(tmp_path / "run"), "--outfile", str(tmp_path / "m.gguf"), "--type", "q4_k_m",
+              "--check"])
+    assert "(tolerance for q4_k_m: 0.01)" in capsys.readouterr().out

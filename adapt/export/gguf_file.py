@@ -25,6 +25,7 @@ from pathlib import Path
 
 from adapt.export.architectures import ExportError, architecture
 from adapt.export.gguf_vocab import check_vocab_size, read_tokenizer_json, write_vocab
+from adapt.export.quantize import KQUANTS, quantize, require_quantizer, tensor_kinds
 
 TYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "bf16": ("BF16", "MOSTLY_BF16"),
          "q8_0": ("Q8_0", "MOSTLY_Q8_0")}
@@ -38,6 +39,7 @@ class Exported:
     tensors: int
     bytes: int
     seconds: float
+    kinds: dict  # how many tensors are stored in each kind ({"Q4_K": 12, "F32": 9, ...}), read back from the file
 
 
 @dataclass
@@ -67,8 +69,9 @@ def check_export(run: Path, outfile: Path, type_: str, force: bool) -> ExportPla
     from adapt.model.lora import adapter_base, is_adapter_folder
     from adapt.runfolder import incomplete_reason
 
-    if type_ not in TYPES and type_ != "auto":
-        raise ExportError(f"--type {type_}: choose one of auto, {', '.join(TYPES)}")
+    if type_ not in TYPES and type_ not in KQUANTS and type_ != "auto":
+        raise ExportError(f"--type {type_}: choose one of auto, {', '.join([*TYPES, *KQUANTS])}")
+    require_quantizer(type_)
     if not run.is_dir():
         raise ExportError(f"{run}: no such run folder")
     reason = incomplete_reason(run)
@@ -106,10 +109,13 @@ def load_weights(run: Path):
     """The model as the run defines it: a LoRA run merged into its base (PEFT), weights in their saved dtype."""
     from transformers import AutoModelForCausalLM
 
-    from adapt.model.lora import is_adapter_folder, load_merged_adapter
+    from adapt.model.lora import MergeMismatch, is_adapter_folder, load_merged_adapter
 
     if is_adapter_folder(str(run)):
-        return load_merged_adapter(str(run), "auto")
+        try:
+            return load_merged_adapter(str(run), "auto")  # proven against base + adapter (merge_proven)
+        except MergeMismatch as e:
+            raise ExportError(f"{e}; nothing was exported") from None
     return AutoModelForCausalLM.from_pretrained(run, dtype="auto")
 
 
@@ -183,33 +189,49 @@ def export_gguf(run_dir: str | Path, outfile: str | Path, type_: str = "auto", f
 
 
 def write_gguf(plan: ExportPlan, outfile: Path) -> Exported:
-    """Load the weights, map every tensor, then stream the file under a temporary name and rename it."""
-    import gguf
-    import torch
-
+    """Write the file under a temporary name and rename it at the end; a K-quant is made from the float file by
+    llama.cpp's quantizer (adapt/export/quantize.py), and the float file is removed."""
     started = time.perf_counter()
-    with torch.no_grad():
-        planned = plan_tensors(load_weights(plan.run).state_dict(), plan.config, plan.arch, plan.type)
+    stored = resolve_type("auto", plan.config) if plan.type in KQUANTS else plan.type
     partial = outfile.with_name(outfile.name + ".partial")
+    source = outfile.with_name(outfile.name + ".float.partial")
     try:
-        writer = gguf.GGUFWriter(partial, gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, plan.arch.gguf_arch)])
-        writer.add_type(gguf.GGUFType.MODEL)
-        writer.add_name(plan.run.resolve().name)
-        plan.arch.hparams(writer, plan.config)
-        writer.add_file_type(getattr(gguf.LlamaFileType, TYPES[plan.type][1]))
-        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        write_vocab(writer, plan.tokenizer, plan.tokenizer_json, plan.config["vocab_size"], plan.arch.pre_tokenizer)
-        for p in planned:
-            shape, dtype, nbytes = _info(p)
-            writer.add_tensor_info(p.name, shape, dtype, nbytes, raw_dtype=p.qtype)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for p in planned:
-            writer.write_tensor_data(_converted(p.source, p.qtype))
-        writer.close()
+        if plan.type in KQUANTS:
+            tensors = write_float_file(plan, stored, source)  # the weights are freed before llama.cpp quantizes
+            quantize(source, partial, plan.type)
+        else:
+            tensors = write_float_file(plan, stored, partial)
         os.replace(partial, outfile)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    return Exported(outfile, plan.type, len(planned), outfile.stat().st_size, time.perf_counter() - started)
+    finally:
+        source.unlink(missing_ok=True)
+    return Exported(outfile, plan.type, tensors, outfile.stat().st_size, time.perf_counter() - started,
+                    dict(tensor_kinds(outfile)))
+
+
+def write_float_file(plan: ExportPlan, type_: str, path: Path) -> int:
+    """Load the weights, map every tensor, then stream them into `path` as `type_` (one of TYPES); the tensor count."""
+    import gguf
+    import torch
+
+    with torch.no_grad():
+        planned = plan_tensors(load_weights(plan.run).state_dict(), plan.config, plan.arch, type_)
+    writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, plan.arch.gguf_arch)])
+    writer.add_type(gguf.GGUFType.MODEL)
+    writer.add_name(plan.run.resolve().name)
+    plan.arch.hparams(writer, plan.config)
+    writer.add_file_type(getattr(gguf.LlamaFileType, TYPES[type_][1]))
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    write_vocab(writer, plan.tokenizer, plan.tokenizer_json, plan.config["vocab_size"], plan.arch.pre_tokenizer)
+    for p in planned:
+        shape, dtype, nbytes = _info(p)
+        writer.add_tensor_info(p.name, shape, dtype, nbytes, raw_dtype=p.qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for p in planned:
+        writer.write_tensor_data(_converted(p.source, p.qtype))
+    writer.close()
+    return len(planned)

@@ -185,13 +185,17 @@ def _reshard(single: Path, out: Path, max_shard_size: str) -> None:
 
 
 def _merge_lora(run: Path, out: Path, max_shard_size: str) -> None:
-    """PEFT's merge_and_unload on the base named in adapter_config.json, saved in the plain transformers layout."""
-    from peft import AutoPeftModelForCausalLM
+    """PEFT's merge_and_unload on the base named in adapter_config.json, proven against base + adapter
+    (adapt.model.lora.merge_proven), saved in the plain transformers layout."""
+    from adapt.model.lora import LoraSetupError, load_merged_adapter
 
     base = json.loads((run / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
     if not base:
         raise PublishError(f"{run}/adapter_config.json: no base_model_name_or_path, so there is nothing to merge into")
-    merged = AutoPeftModelForCausalLM.from_pretrained(str(run), dtype="auto").merge_and_unload()
+    try:
+        merged = load_merged_adapter(str(run), "auto")
+    except LoraSetupError as e:
+        raise PublishError(str(e)) from None
     merged.save_pretrained(str(out), max_shard_size=max_shard_size)
     if any((run / name).is_file() for name in TOKENIZER_FILES):
         return  # the run's own tokenizer is placed with the other files

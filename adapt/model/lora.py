@@ -97,13 +97,49 @@ def load_trainable_adapter(ref: str, peft_section, dtype, **kwargs):
 
 def load_merged_adapter(ref: str, dtype, **kwargs):
     """An adapter folder as the model it describes: its base with the adapter merged in, so the next stage (DPO
-    after a LoRA SFT) starts from exactly the SFT policy, and its reference model is that policy too."""
+    after a LoRA SFT) starts from exactly the SFT policy, and its reference model is that policy too. The merge is
+    done and proven in float32 (merge_proven), then the model takes `dtype` (`auto`: the base's saved dtype)."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     base = adapter_base(ref)
     if not base:
         raise LoraSetupError(f"{ref}/{ADAPTER_CONFIG}: no base_model_name_or_path, so there is no base to load")
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, **kwargs)
+    merged = merge_proven(PeftModel.from_pretrained(model, ref), where=ref)
+    if dtype == "auto":
+        saved = AutoConfig.from_pretrained(base).dtype
+        dtype = getattr(torch, saved) if isinstance(saved, str) else saved
+    return merged.to(dtype or torch.float32)
+
+
+# The merge gate's tolerance: max |logit difference| relative to the largest logit. PEFT's merge in float32 measured
+# at most 2e-6 of it on every family's tiny model (tests/test_lora_merge.py); a dropped or scrambled expert delta
+# moves logits by the adapter's whole effect.
+MERGE_TOLERANCE = 1e-4
+PROBE_TOKENS = 48
+
+
+class MergeMismatch(LoraSetupError):
+    """PEFT's merged model does not compute what base + adapter computes; nothing was written."""
+
+
+def merge_proven(peft_model, where: str):
+    """PEFT's `merge_and_unload`, proven: the logits of base + adapter (PEFT's forward, unmerged) and of the merged
+    model on the same probe tokens must agree to MERGE_TOLERANCE, in float32. Why a gate: PEFT merges the fused
+    3-D expert weights of transformers 5 (`target_parameters`) through its own reshapes, and an upstream bug in
+    that path dropped or scrambled per-expert deltas; whatever PEFT version is installed, a wrong merge stops here
+    with the numbers instead of becoming a saved or exported model."""
+    vocab = peft_model.get_base_model().config.get_text_config().vocab_size
+    ids = torch.randint(0, vocab, (2, PROBE_TOKENS), generator=torch.Generator().manual_seed(0))
+    peft_model = peft_model.float().eval()
     with torch.no_grad():
-        return PeftModel.from_pretrained(model, ref).merge_and_unload()
+        adapted = peft_model(input_ids=ids).logits.float()
+        merged = peft_model.merge_and_unload()
+        after = merged(input_ids=ids).logits.float()
+    difference, scale = float((adapted - after).abs().max()), float(adapted.abs().max())
+    if not difference <= MERGE_TOLERANCE * max(scale, 1.0):
+        raise MergeMismatch(f"{where}: merging the LoRA adapter into its base changes the logits by {difference:.3g} "
+                            f"(logits up to {scale:.3g}; tolerance {MERGE_TOLERANCE:g} of that): PEFT's merge is "
+                            "wrong for this model, so no merged model was made; use the adapter unmerged")
+    return merged
