@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml
 	command -v bwrap >/dev/null || (test "$$(id -u)" = 0 && (apt-get install -y -qq bubblewrap || \
 		(apt-get update -qq && apt-get install -y -qq bubblewrap)) >/dev/null 2>&1) || \
 		echo "warning: bubblewrap is not installed: code tasks (HumanEval, MBPP) will refuse to run (see eval/README.md)"
+	# Go renders the Ollama Modelfile TEMPLATEs in tests/test_ollama_templates.py (about 20 s to install on 2 cores)
+	command -v go >/dev/null || (test "$$(id -u)" = 0 && (apt-get install -y -qq golang-go || \
+		(apt-get update -qq && apt-get install -y -qq golang-go)) >/dev/null 2>&1) || \
+		echo "warning: go is not installed: tests/test_ollama_templates.py skips rendering the Ollama templates"
 	# nltk's punkt_tab data for IFEval, offline: the llama-index-core wheel bundles it (data only, no deps)
 	$(VENV)/bin/python -m pip install -q --no-deps --target $(VENV)/adapt-nltk llama-index-core==0.14.25
 	touch $(STAMP)

@@ -150,11 +150,11 @@ def save_variant(tmp_path, tokenizer, name, **overrides):
     from transformers import AutoModelForCausalLM, OlmoeForCausalLM
 
     folder = tmp_path / name
-    if overrides.pop("mixtral", False):
-        from transformers import MixtralConfig
+    if overrides.pop("dense", False):  # a model of no MoE family the toolkit trains
+        from transformers import LlamaConfig
 
-        config = MixtralConfig(vocab_size=320, hidden_size=32, intermediate_size=32, num_hidden_layers=1,
-                               num_attention_heads=4, num_key_value_heads=4, num_local_experts=4)
+        config = LlamaConfig(vocab_size=320, hidden_size=32, intermediate_size=32, num_hidden_layers=1,
+                             num_attention_heads=4, num_key_value_heads=4)
         AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     else:
         OlmoeForCausalLM(tiny_config(tokenizer, **overrides)).save_pretrained(folder)
@@ -163,7 +163,8 @@ def save_variant(tmp_path, tokenizer, name, **overrides):
 
 
 @pytest.mark.parametrize("variant, message", [
-    ({"mixtral": True}, "model_type 'mixtral': no GGUF export for it yet (known: olmoe)"),
+    ({"dense": True}, "model_type 'llama': no GGUF export for it yet (known: olmoe, qwen3_moe, qwen2_moe, mixtral, "
+                      "deepseek_v3, glm4_moe, gpt_oss, granitemoe)"),
     ({"num_key_value_heads": 2}, "num_key_value_heads 2 != num_attention_heads 4"),
     ({"norm_topk_prob": True}, "norm_topk_prob true: llama.cpp's olmoe does not renormalise"),
     ({"clip_qkv": 8.0}, "clip_qkv 8.0"),

@@ -1,9 +1,14 @@
 """What llama.cpp needs to know of each model family, in one table: its architecture name in `gguf`, the
-hyperparameters it reads, the configurations it would run differently from transformers (refused), and the
-pre-tokenizer it expects for the family's vocabulary. Tensor names come from `gguf`'s own name maps
-(`gguf.get_tensor_name_map`), fed the stacked expert names llama.cpp's converter uses
-(`model.layers.N.mlp.experts.{gate,up,down}_proj`). A family is added by a row here and a case in
-tests/test_export.py.
+hyperparameters it reads, the configurations it would run differently from transformers (refused), the tensors
+under the names llama.cpp's converter gives them, and the pre-tokenizer written for the vocabulary. The functions
+of each row, and the design note of what is written per family and why (with the llama.cpp file each fact comes
+from), are in adapt/export/gguf_families.py. A family is added by a row here and a case in
+tests/test_export_families.py.
+
+The pre-tokenizer follows the run's tokenizer, not the family: the export reproduces only byte-level BPE with the
+GPT-2 regex (adapt/export/gguf_vocab.py), which llama.cpp runs as "olmo" whatever the family; the pre-tokenizer
+llama.cpp's converter would pick for a family's own tokenizer ("qwen2", "deepseek-v3", "gpt-4o", ...) is a
+different regex and would tokenize that tokenizer's text differently.
 """
 
 from __future__ import annotations
@@ -12,55 +17,32 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from adapt.export import gguf_families as f
+
 
 @dataclass(frozen=True)
 class GGUFArchitecture:
     gguf_arch: str  # the member of gguf.MODEL_ARCH
     hparams: Callable[[Any, dict], None]  # (GGUFWriter, config.json) -> writes the architecture's keys
     refuse: Callable[[dict], str | None]  # a config llama.cpp would run differently: why, or None
-    pre_tokenizer: str  # llama.cpp's pre-tokenizer for the family's byte-level BPE (GPT-2 regex)
+    pre_tokenizer: str  # llama.cpp's pre-tokenizer for the vocabulary (module note)
+    # (state dict, config.json) -> {name gguf's tensor-name map knows: tensor}, split/permuted as the converter does
+    tensors: Callable[[dict, dict], dict] = f.hf_tensors
 
 
-def _olmoe_hparams(writer, config: dict) -> None:
-    """As llama.cpp's converter (convert_hf_to_gguf.py, OlmoeModel) writes them; the RMS epsilon from the config."""
-    rope = (config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta", 10000.0))
-    writer.add_block_count(config["num_hidden_layers"])
-    writer.add_context_length(config["max_position_embeddings"])
-    writer.add_embedding_length(config["hidden_size"])
-    writer.add_feed_forward_length(config["intermediate_size"])
-    writer.add_head_count(config["num_attention_heads"])
-    writer.add_head_count_kv(config.get("num_key_value_heads") or config["num_attention_heads"])
-    writer.add_rope_freq_base(float(rope))
-    writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
-    writer.add_expert_count(config["num_experts"])
-    writer.add_expert_used_count(config["num_experts_per_tok"])
-
-
-def _olmoe_refuse(config: dict) -> str | None:
-    """llama.cpp's olmoe graph (src/models/olmoe.cpp): softmax over all experts then top-k without renormalising,
-    q/k norms over the whole projection (so as many K/V heads as query heads), no qkv clipping."""
-    heads, kv_heads = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
-    if kv_heads != heads:
-        return f"num_key_value_heads {kv_heads} != num_attention_heads {heads}: llama.cpp's olmoe has no grouped K/V"
-    if config.get("norm_topk_prob"):
-        return "norm_topk_prob true: llama.cpp's olmoe does not renormalise the top-k routing weights"
-    if config.get("clip_qkv") is not None:
-        return f"clip_qkv {config['clip_qkv']}: llama.cpp's olmoe does not clip q/k/v"
-    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    if rope.get("rope_type", "default") != "default" or (config.get("rope_scaling") or {}).get("factor"):
-        return f"rope {rope.get('rope_type')} (scaled RoPE): the export writes plain RoPE only"
-    if config.get("hidden_act", "silu") != "silu":
-        return f"hidden_act {config['hidden_act']}: llama.cpp's olmoe uses SiLU experts"
-    head_dim = config.get("head_dim")
-    if head_dim and head_dim * heads != config["hidden_size"]:
-        return f"head_dim {head_dim} x {heads} heads != hidden_size {config['hidden_size']}"
-    if config.get("attention_bias"):
-        return "attention_bias true: llama.cpp's olmoe has no attention biases"
-    return None
-
+GPT2_REGEX = "olmo"  # llama.cpp's pre-tokenizer with the GPT-2 regex (module note)
 
 ARCHITECTURES: dict[str, GGUFArchitecture] = {
-    "olmoe": GGUFArchitecture(gguf_arch="OLMOE", hparams=_olmoe_hparams, refuse=_olmoe_refuse, pre_tokenizer="olmo"),
+    "olmoe": GGUFArchitecture("OLMOE", f.olmoe_hparams, f.olmoe_refuse, GPT2_REGEX),
+    "qwen3_moe": GGUFArchitecture("QWEN3MOE", f.qwen3_moe_hparams, f.qwen3_moe_refuse, GPT2_REGEX),
+    "qwen2_moe": GGUFArchitecture("QWEN2MOE", f.qwen2_moe_hparams, f.qwen2_moe_refuse, GPT2_REGEX),
+    "mixtral": GGUFArchitecture("LLAMA", f.mixtral_hparams, f.mixtral_refuse, GPT2_REGEX, f.llama_tensors),
+    "deepseek_v3": GGUFArchitecture("DEEPSEEK2", f.deepseek_v3_hparams, f.deepseek_v3_refuse, GPT2_REGEX,
+                                    f.deepseek_v3_tensors),
+    "glm4_moe": GGUFArchitecture("GLM4_MOE", f.glm4_moe_hparams, f.glm4_moe_refuse, GPT2_REGEX, f.glm4_moe_tensors),
+    "gpt_oss": GGUFArchitecture("GPT_OSS", f.gpt_oss_hparams, f.gpt_oss_refuse, GPT2_REGEX, f.gpt_oss_tensors),
+    "granitemoe": GGUFArchitecture("GRANITE_MOE", f.granitemoe_hparams, f.granitemoe_refuse, GPT2_REGEX,
+                                   f.granitemoe_tensors),
 }
 
 

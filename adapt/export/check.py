@@ -22,8 +22,11 @@ def open_gguf(path):
     hide what the export did."""
     import llama_cpp
 
+    # YaRN's betas: llama-cpp-python passes 32 and 1 over the file's own values unless told -1 (read from the file),
+    # as llama.cpp's own tools do
     return llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=512, n_threads=2, verbose=False, seed=0,
-                           type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
+                           type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32, yarn_beta_fast=-1.0,
+                           yarn_beta_slow=-1.0)
 
 
 def chat_prompt(llm, messages) -> str:

@@ -1,5 +1,6 @@
-"""`adapt export gguf RUN_DIR --outfile model.gguf [--type auto|f32|f16|bf16|q8_0]`: a run folder (a LoRA run merged
-into its base first) as one GGUF file that llama.cpp loads.
+"""`adapt export gguf RUN_DIR --outfile model.gguf [--type auto|f32|f16|bf16|q8_0|q6_k|q5_k_m|q4_k_m]`: a run folder (a
+LoRA run merged into its base first, the merge proven: adapt.model.lora.merge_proven) as one GGUF file that llama.cpp
+loads.
 
 What can be refused is checked before the model is loaded: the run folder is complete, the family is in the
 architecture table and its configuration is one llama.cpp runs as transformers does, the tokenizer is one llama.cpp
@@ -10,10 +11,11 @@ The file is streamed tensor by tensor (header and tensor index first, then each 
 so memory holds the model and one converted tensor, and it is written under a temporary name and renamed at the
 end: a file at `--outfile` is always complete.
 
-Tensors: every tensor of the model's state dict is written under llama.cpp's name (gguf's tensor-name map), or
-the export stops; transformers' fused experts `gate_up_proj [E, 2I, H]` (gate rows first) are split into llama.cpp's
-gate and up expert tensors, `down_proj [E, H, I]` is its down tensor. As llama.cpp's converter does, 1-D tensors,
-norms and the router stay float32 in every type, and a q8_0 tensor whose rows are not a multiple of 32 is float16.
+Tensors: every tensor of the model's state dict is written under llama.cpp's name (gguf's tensor-name map), after
+the family row's own transform (adapt/export/gguf_families.py: fused experts split into llama.cpp's gate/up/down
+tensors, permutations, MLA's split, ...), or the export stops. As llama.cpp's converter does, 1-D tensors, norms,
+biases and the router stay float32 in every type, and a q8_0 tensor whose rows are not a multiple of 32 is float16.
+K-quants are made from the float file by llama.cpp's quantizer (adapt/export/quantize.py).
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from adapt.export.quantize import KQUANTS, quantize, require_quantizer, tensor_k
 
 TYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "bf16": ("BF16", "MOSTLY_BF16"),
          "q8_0": ("Q8_0", "MOSTLY_Q8_0")}
-FUSED_GATE_UP = ".mlp.experts.gate_up_proj"
 
 
 @dataclass
@@ -120,22 +121,14 @@ def load_weights(run: Path):
 
 
 def plan_tensors(state: dict, config: dict, arch, type_: str) -> list[PlannedTensor]:
+    """Every tensor under llama.cpp's name: the family's row turns the state dict into the names gguf's map knows
+    (architectures.py), the map gives llama.cpp's; a tensor without one stops the export."""
     import gguf
 
     names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.gguf_arch), config["num_hidden_layers"])
-    sources = {}
-    for key, tensor in state.items():
-        if key.endswith(FUSED_GATE_UP):
-            half = tensor.shape[1] // 2
-            prefix = key[:-len("gate_up_proj")]
-            sources[prefix + "gate_proj.weight"] = tensor[:, :half]  # gate rows first, as transformers fuses them
-            sources[prefix + "up_proj.weight"] = tensor[:, half:]
-        else:
-            sources[key if key.endswith((".weight", ".bias")) else key + ".weight"] = tensor
-    sources.setdefault("lm_head.weight", sources.get("model.embed_tokens.weight"))  # tied: llama.cpp needs output
     wanted = getattr(gguf.GGMLQuantizationType, TYPES[type_][0])
     planned, unmapped = [], []
-    for key, tensor in sources.items():
+    for key, tensor in arch.tensors(state, config).items():
         name = names.get_name(key, try_suffixes=(".weight", ".bias"))
         if name is None:
             unmapped.append(key)
@@ -148,10 +141,14 @@ def plan_tensors(state: dict, config: dict, arch, type_: str) -> list[PlannedTen
 
 
 def _qtype(name: str, shape: tuple, wanted):
+    """As llama.cpp's converter (conversion/base.py `prepare_tensors`): 1-D tensors, norms, biases and the routers
+    (`ffn_gate_inp`, the shared expert's `ffn_gate_inp_shexp`) stay float32."""
     import gguf
 
     kind = gguf.GGMLQuantizationType
-    if len(shape) <= 1 or name.endswith("_norm.weight") or ".ffn_gate_inp." in name:
+    if len(shape) <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight"):
+        return kind.F32
+    if ".ffn_gate_inp." in name or ".ffn_gate_inp_shexp." in name:
         return kind.F32
     if wanted == kind.Q8_0 and shape[-1] % gguf.GGML_QUANT_SIZES[kind.Q8_0][0]:
         return kind.F16
