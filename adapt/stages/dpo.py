@@ -11,10 +11,9 @@ import time
 from transformers import set_seed
 
 from adapt.data.tokenizer import load_tokenizer
-from adapt.model.loading import load_model
 from adapt.stages.data import stage_data
 from adapt.stages.entry import stage_main
-from adapt.stages.train import add_adapters, check_family, prepare_model, train_and_save
+from adapt.stages.train import add_adapters, check_family, load_policy, prepare_model, train_and_save
 from adapt.trainers import AdaptDPOTrainer, MetricsJSONLCallback
 
 
@@ -25,7 +24,7 @@ def run(config):
     # The data before the model: a bad row or file stops the run in seconds, not after the weights load.
     data = stage_data(config, tokenizer)  # built once per cache folder, memory-mapped by the other processes
     check_family(config)  # before the weights load
-    model = load_model(config.model, tokenizer, seed=config.seed, peft=config.peft)
+    model = load_policy(config, tokenizer)
     prepare_model(model, config)
     if config.peft.method == "lora":
         # No second copy of the weights: TRL keeps a frozen copy of the fresh adapter ("ref") as the reference, so

@@ -10,10 +10,9 @@ import time
 from transformers import set_seed
 
 from adapt.data.tokenizer import load_tokenizer
-from adapt.model.loading import load_model
 from adapt.stages.data import stage_data
 from adapt.stages.entry import stage_main
-from adapt.stages.train import add_adapters, check_family, prepare_model, train_and_save
+from adapt.stages.train import add_adapters, check_family, load_policy, prepare_model, train_and_save
 from adapt.trainers import AdaptSFTTrainer, MetricsJSONLCallback
 
 
@@ -24,7 +23,7 @@ def run(config):
     # The data before the model: a bad row or file stops the run in seconds, not after the weights load.
     data = stage_data(config, tokenizer)  # built once per cache folder, memory-mapped by the other processes
     check_family(config)  # before the weights load
-    model = load_model(config.model, tokenizer, seed=config.seed, peft=config.peft)
+    model = load_policy(config, tokenizer)
     prepare_model(model, config)
     model = add_adapters(model, config)  # LoRA when the recipe asks (peft:)
     # The rows come tokenized, masked and packed exactly as SFTTrainer would (adapt/data/tokenize.py); the config

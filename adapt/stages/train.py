@@ -47,6 +47,18 @@ def check_family(config, *, required: bool = True) -> None:
         sys.exit(f"error: {config.recipe_path}: {key}: {why}. Fix: {fix}")
 
 
+def load_policy(config, tokenizer):
+    """The model the stage trains (adapt.model.loading.load_model); a LoRA adapter folder whose merge is not what
+    base + adapter computes (adapt.model.lora.merge_proven), or that cannot be continued, stops in one line."""
+    from adapt.model.loading import load_model
+    from adapt.model.lora import LoraSetupError
+
+    try:
+        return load_model(config.model, tokenizer, seed=config.seed, peft=config.peft)
+    except LoraSetupError as e:
+        sys.exit(f"error: {config.recipe_path}: model.name_or_path: {e}")
+
+
 def prepare_model(model, config) -> None:
     """Before the trainer wraps the model: check the parallel layout against it, set up expert parallelism."""
     from adapt.config.families import family
