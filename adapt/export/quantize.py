@@ -35,7 +35,9 @@ def require_quantizer(type_: str) -> None:
 def quantize(source: Path, outfile: Path, type_: str) -> None:
     """llama.cpp's quantizer from `source` (a float GGUF) into `outfile`; raises ExportError if it fails."""
     import llama_cpp
+    from llama_cpp import _logger
 
+    _logger.set_verbose(False)  # llama.cpp logs a line per tensor; errors still print, and the kinds are reported
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, KQUANTS[type_])
     params.nthread = os.cpu_count() or 1
