@@ -221,7 +221,7 @@ def write_float_file(plan: ExportPlan, type_: str, path: Path) -> int:
     plan.arch.hparams(writer, plan.config)
     writer.add_file_type(getattr(gguf.LlamaFileType, TYPES[type_][1]))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    write_vocab(writer, plan.tokenizer, plan.tokenizer_json, plan.config["vocab_size"], plan.arch.pre_tokenizer)
+    write_vocab(writer, plan.tokenizer, plan.tokenizer_json, plan.config["vocab_size"])
     for p in planned:
         shape, dtype, nbytes = _info(p)
         writer.add_tensor_info(p.name, shape, dtype, nbytes, raw_dtype=p.qtype)

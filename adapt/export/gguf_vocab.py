@@ -2,9 +2,12 @@
 types, the merges, the pre-tokenizer llama.cpp should split text with, the special ids and the chat template.
 
 llama.cpp tokenizes itself, from these keys: a tokenizer it cannot reproduce must be refused, not written. It
-reproduces a byte-level BPE whose pre-tokenizer is the GPT-2 regex (OLMoE's, and the demo's); a normalizer other
-than NFC, or another pre-tokenizer, is refused. NFC itself is not applied by llama.cpp (as its own converter for
-OLMoE, which writes the same keys): text that is not already NFC may tokenize differently there.
+reproduces a byte-level BPE whose pre-tokenization (regexes, `ignore_merges`) is one of its named pre-tokenizers
+(adapt/export/gguf_pretokenizers.py; the name follows the tokenizer, not the model family). A SentencePiece-style BPE
+(byte fallback, `▁` for spaces: Mixtral's, Llama 2's) needs llama.cpp's "llama" tokenizer model with scores, which is
+not written here; a normalizer other than NFC is refused. NFC itself is not applied by llama.cpp (as its own
+converter for OLMoE and Qwen, which writes the same keys): text that is not already NFC may tokenize differently
+there.
 """
 
 from __future__ import annotations
@@ -14,10 +17,19 @@ import re
 from pathlib import Path
 
 from adapt.export.architectures import ExportError
+from adapt.export.gguf_pretokenizers import llama_cpp_pre_tokenizer
 
 # HF's `{% generation %}` marks (assistant-only loss masks) render nothing; Jinja engines outside transformers may
 # not know the tag, so each is written as a block that renders the same, whitespace control (`{%-`, `-%}`) kept.
 GENERATION_TAG = re.compile(r"\{%(-?)\s*(end)?generation\s*(-?)%\}")
+
+
+SENTENCEPIECE_SPACE = "\u2581"  # `▁`, SentencePiece's space
+SENTENCEPIECE_REFUSAL = ("llama.cpp needs a SentencePiece vocabulary ('llama' tokenizer model with scores); export it "
+                         "with llama.cpp's convert_hf_to_gguf.py")
+# normalizers llama.cpp's byte-level BPE matches: none, or NFC (not applied by llama.cpp: module note)
+ACCEPTED_NORMALIZERS = (None, {"type": "NFC"}, {"type": "Sequence", "normalizers": []},
+                        {"type": "Sequence", "normalizers": [{"type": "NFC"}]})
 
 
 def read_tokenizer_json(folder: Path) -> dict:
@@ -26,18 +38,35 @@ def read_tokenizer_json(folder: Path) -> dict:
         raise ExportError(f"{folder}: no tokenizer.json (a fast tokenizer is needed: llama.cpp takes its vocabulary "
                           "and merges); save the run's tokenizer into the folder")
     spec = json.loads(path.read_text(encoding="utf-8"))
-    model, pre, norm = spec.get("model") or {}, spec.get("pre_tokenizer") or {}, spec.get("normalizer")
+    model, norm = spec.get("model") or {}, spec.get("normalizer")
     if model.get("type") != "BPE":
         raise ExportError(f"{path}: a {model.get('type')} tokenizer; the GGUF export writes byte-level BPE only")
-    if pre.get("type") != "ByteLevel" or not pre.get("use_regex", True) or pre.get("add_prefix_space"):
-        raise ExportError(f"{path}: pre-tokenizer {pre.get('type')} (use_regex {pre.get('use_regex')}, "
-                          f"add_prefix_space {pre.get('add_prefix_space')}); llama.cpp reproduces a ByteLevel "
-                          "pre-tokenizer with the GPT-2 regex and no prefix space only")
-    if model.get("dropout") or model.get("ignore_merges") or model.get("byte_fallback"):
-        raise ExportError(f"{path}: BPE with dropout, ignore_merges or byte_fallback; llama.cpp's BPE has none of them")
-    if norm not in (None, {"type": "NFC"}):
+    sentencepiece = sentencepiece_sign(spec)
+    if sentencepiece:
+        raise ExportError(f"{path}: {sentencepiece}, a SentencePiece-style BPE; {SENTENCEPIECE_REFUSAL}")
+    if model.get("dropout"):
+        raise ExportError(f"{path}: BPE with dropout; llama.cpp's BPE has none")
+    if norm not in ACCEPTED_NORMALIZERS:
         raise ExportError(f"{path}: normalizer {norm.get('type')}; llama.cpp would not apply it")
+    try:
+        llama_cpp_pre_tokenizer(spec.get("pre_tokenizer"), model.get("ignore_merges", False))
+    except ExportError as e:
+        raise ExportError(f"{path}: {e}") from None
     return spec
+
+
+def sentencepiece_sign(spec: dict) -> str | None:
+    """What marks the tokenizer as SentencePiece-style (a `Metaspace` pre-tokenizer, byte fallback, a normalizer
+    writing `▁` for spaces), or None."""
+    pre, norm = spec.get("pre_tokenizer") or {}, spec.get("normalizer") or {}
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    if any(step.get("type") == "Metaspace" for step in steps):
+        return "pre-tokenizer Metaspace"
+    if (spec.get("model") or {}).get("byte_fallback"):
+        return "BPE with byte_fallback"
+    if SENTENCEPIECE_SPACE in json.dumps(norm, ensure_ascii=False):
+        return f"normalizer {norm.get('type')} writing {SENTENCEPIECE_SPACE!r} for spaces"
+    return None
 
 
 def check_vocab_size(tokenizer, vocab_size: int) -> None:
@@ -54,7 +83,9 @@ def chat_template(tokenizer) -> str | None:
     return without_generation_tags(tokenizer.chat_template) if tokenizer.chat_template else None
 
 
-def write_vocab(writer, tokenizer, spec: dict, vocab_size: int, pre_tokenizer: str) -> None:
+def write_vocab(writer, tokenizer, spec: dict, vocab_size: int) -> None:
+    """The keys llama.cpp's converter writes for a byte-level BPE (conversion/base.py `_set_vocab_gpt2`), the
+    pre-tokenizer named from `spec` (the tokenizer.json read_tokenizer_json accepted)."""
     import gguf
 
     by_id = {i: t for t, i in tokenizer.get_vocab().items()}
@@ -71,7 +102,8 @@ def write_vocab(writer, tokenizer, spec: dict, vocab_size: int, pre_tokenizer: s
         else:
             types.append(gguf.TokenType.NORMAL)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre_tokenizer)
+    pre = llama_cpp_pre_tokenizer(spec.get("pre_tokenizer"), spec["model"].get("ignore_merges", False))
+    writer.add_tokenizer_pre(pre.name)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in spec["model"]["merges"]])
