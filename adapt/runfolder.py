@@ -8,8 +8,9 @@ stage, `adapt eval`, `adapt push`):
 - Complete or refused. `run.json` is written last, atomically (a temporary file renamed into place), and lists every
   file of the folder with its size. A folder that holds a run's records but no `run.json` was interrupted while
   saving; one missing a file the record lists, or whose weights changed size, was damaged since. Readers refuse both
-  with one line naming what is missing. A folder with no run records (a plain `save_pretrained` folder, a Hub
-  snapshot) is not a run and is taken as it is.
+  with one line naming what is missing. A run the toolkit stopped on purpose (a non-finite loss, a failed router
+  audit, `router.on_collapse: stop`) leaves `stopped.json` instead, and readers give its reason. A folder with no
+  run records (a plain `save_pretrained` folder, a Hub snapshot) is not a run and is taken as it is.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pathlib import Path
 
 LOCK = ".adapt.lock"
 MARKER = "run.json"
-RUN_RECORDS = ("recipe.yaml", "metrics.jsonl", "router_stats.jsonl", "data_summary.json", LOCK)
+STOPPED = "stopped.json"  # a run the toolkit stopped on purpose (router audit or collapse, non-finite loss): why
+RUN_RECORDS = ("recipe.yaml", "metrics.jsonl", "router_stats.jsonl", "data_summary.json", "experts.json", LOCK)
 WEIGHTS = (".safetensors", ".bin")
 
 
@@ -86,6 +88,7 @@ def clear(folder: str | os.PathLike) -> None:
 def write_marker(folder: str | os.PathLike, record: dict) -> Path:
     """Write `run.json` last: the record plus the size of every file in the folder (checkpoints excluded)."""
     folder = Path(folder)
+    (folder / STOPPED).unlink(missing_ok=True)  # a run resumed after a stop and finished is complete
     files = {p.name: p.stat().st_size for p in sorted(folder.iterdir())
              if p.is_file() and p.name not in (LOCK, MARKER)}
     tmp = folder / f".{MARKER}.tmp"
@@ -94,12 +97,28 @@ def write_marker(folder: str | os.PathLike, record: dict) -> Path:
     return folder / MARKER
 
 
+def write_stopped(folder: str | os.PathLike, reason: str, step: int) -> None:
+    """Mark a run the toolkit stopped: no `run.json`, and the reason every reader of the folder then gives."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{STOPPED}.tmp"
+    tmp.write_text(json.dumps({"complete": False, "global_step": step, "reason": reason}, indent=2) + "\n",
+                   encoding="utf-8")
+    os.replace(tmp, folder / STOPPED)
+
+
 def incomplete_reason(folder: str | os.PathLike) -> str | None:
     """Why a run folder cannot be used (None when it is complete, or is not a run folder at all)."""
     folder = Path(folder)
     if not folder.is_dir():
         return None
     marker = folder / MARKER
+    if not marker.is_file() and (folder / STOPPED).is_file():
+        try:
+            stopped = json.loads((folder / STOPPED).read_text(encoding="utf-8"))
+            return f"the run was stopped after {stopped['global_step']} optimizer step(s): {stopped['reason']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return f"its {STOPPED} says the run was stopped; run the stage again"
     if not marker.is_file():
         records = [name for name in RUN_RECORDS if (folder / name).exists()]
         if not records:

@@ -77,6 +77,25 @@ def test_router_analysis_keeps_counts_that_do_not_grow_with_the_tokens(tmp_path)
     assert grown == row_bytes * (large["vocab_rows"] - small["vocab_rows"])
 
 
+def test_esft_memory_keeps_optimizer_state_in_proportion_to_the_selected_experts(tmp_path):
+    out = tmp_path / "esft.json"
+    run_bench("esft_memory.py", "--shape", "tiny", "--layers", "2", "--tokens", "32", "--methods",
+              "full,esft-p0.2,esft-p0.5", "--json", str(out))
+    result = json.loads(out.read_text())
+    assert {"device", "versions", "command", "esft_selection"} <= result.keys()
+    rows = {r["method"]: r for r in result["results"]}
+    per_expert = 3 * 64 * 32  # gate_up [2I, H] + down [H, I] of the tiny shape
+    for method in ("esft-p0.2", "esft-p0.5"):
+        r = rows[method]
+        # only the selected experts' slices train: 2 layers x experts/layer x one expert's parameters, and AdamW
+        # keeps two fp32 moments for each, the gradient one fp32 value
+        assert r["trainable"] == 2 * r["experts_per_layer"] * per_expert
+        assert r["optimizer_bytes"] == 2 * 4 * r["trainable"] and r["grad_bytes"] == 4 * r["trainable"]
+    assert rows["esft-p0.2"]["experts_per_layer"] < rows["esft-p0.5"]["experts_per_layer"]
+    assert rows["full"]["optimizer_bytes"] == 2 * 4 * rows["full"]["trainable"]
+    assert rows["esft-p0.5"]["optimizer_bytes"] < rows["full"]["optimizer_bytes"] / 2
+
+
 def test_gguf_export_bench_checks_each_type_in_llama_cpp(tmp_path, demo_tokenizer):
     from transformers import OlmoeConfig, OlmoeForCausalLM
 
@@ -108,3 +127,33 @@ def test_data_scale_builds_then_hits_the_cache_and_counts_what_it_built(tmp_path
     assert row["rows_per_s"] == pytest.approx(300 / row["seconds"], rel=1e-2)
     assert {"tokenize", "read, convert, decontaminate", "pack", "write the cache entry"} <= row["phases_s"].keys()
     assert set(row["hit_phases_s"]) == {"cache key (hashing the inputs)", "cache lookup"}  # nothing rebuilt
+
+
+@pytest.mark.slow
+def test_adaptation_compare_trains_esft_in_proportion_to_its_selection(tmp_path):
+    out = tmp_path / "compare.json"
+    run_bench("adaptation_compare.py", "--variants", "full,esft-p0.2", "--rows", "64", "--dpo-rows", "32",
+              "--epochs", "1", "--eval-items", "10", "--output", str(tmp_path / "runs"), "--json", str(out))
+    result = json.loads(out.read_text())
+    assert {"device", "versions", "command"} <= result.keys()
+    rows = {r["variant"]: r for r in result["results"]}
+    assert list(rows) == ["full", "esft-p0.2"]
+    for r in rows.values():
+        assert 0 <= r["task_accuracy"] <= 1 and 0 <= r["preference_accuracy"] <= 1
+        assert r["sft_s"] > 0 and r["dpo_s"] > 0
+        assert r["optimizer_bytes"] == 2 * 4 * r["trainable"]  # AdamW, fp32: two moments per trained parameter
+    full, esft = rows["full"], rows["esft-p0.2"]
+    # ESFT trains exactly its selected experts' slices (gate, up and down: 3 x hidden x intermediate each), so it is
+    # below full fine-tuning by the selection's share of the expert parameters, not merely smaller.
+    per_expert = 3 * 96 * 128  # recipes/demo/sft.yaml
+    assert 0 < esft["experts_trained"] < esft["experts_total"] == full["experts_trained"]
+    assert esft["trainable"] == esft["experts_trained"] * per_expert
+    expert_share = full["experts_total"] * per_expert / full["trainable"]
+    share = esft["experts_trained"] / esft["experts_total"] * expert_share
+    assert esft["trainable_vs_full"] == pytest.approx(share)
+    assert esft["optimizer_bytes"] / full["optimizer_bytes"] == pytest.approx(share)
+    health = result["router_health"]
+    assert [(h["variant"], h["layer"]) for h in health] == [
+        (v, layer) for v in ("base (random init)", "full", "esft-p0.2") for layer in (0, 1)]
+    assert all(0 <= h["dead_fraction"] <= 1 and 0 < h["load_entropy"] <= 1 and 0 < h["top_share"] <= 1
+               for h in health)

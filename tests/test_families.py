@@ -152,7 +152,7 @@ def test_statistics_count_the_experts_the_model_used(family, tmp_path):
 def test_load_balancing_term_is_the_models_own(family, tmp_path):
     """For softmax families the toolkit's load-balancing loss equals the model's own `aux_loss`."""
     from adapt.losses import load_balancing_loss
-    from adapt.trainers.router import find_backbone, router_modules
+    from adapt.model.routing import find_backbone, router_modules
 
     config = load_recipe(recipe(tmp_path, family))
     tokenizer = load_tokenizer(config.model)

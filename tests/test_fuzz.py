@@ -19,6 +19,7 @@ VALID = {
     "router": {"load_balancing_weight": 0.01, "z_loss_weight": 0.001},
     "parallel": {"expert_parallel_size": 1},
     "hub": {"push": False},
+    "experts": {"select": "token_ratio", "threshold": 0.2, "max_rows": 100, "train": ["router"]},
     "training": {"output_dir": "OUT", "max_steps": 1, "learning_rate": 1e-3, "per_device_train_batch_size": 2,
                  "max_length": 48, "bf16": False, "report_to": []},
 }

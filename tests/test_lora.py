@@ -91,6 +91,17 @@ def test_lora_sft_then_dpo(base, tmp_path):
     assert all("aux_loss" in r and "z_loss" in r for r in rows)
     with dpo_trainer.model.disable_adapter():
         assert (logits(dpo_trainer.model, ids) - logits(merged, ids)).abs().max().item() < 1e-5
+    # the DPO adapter was trained on the merged SFT policy: its folder names the SFT folder as its base, and loads
+    # back as SFT merged + DPO adapter (naming the random base would silently drop the SFT adapter)
+    dpo_config = json.loads((tmp_path / "dpo" / "adapter_config.json").read_text())
+    assert dpo_config["base_model_name_or_path"] == str(folder)
+    dpo_policy = logits(dpo_trainer.model, ids)
+    assert (logits(load_merged_adapter(str(tmp_path / "dpo"), "auto"), ids) - dpo_policy).abs().max().item() < 1e-5
+    assert (logits(dpo_trainer.model, ids) - logits(merged, ids)).abs().max().item() > 1e-4  # DPO moved it
+    from adapt_eval.runner import build_model
+
+    eval_loaded = build_model(str(tmp_path / "dpo"), 1, "cpu", 64).model  # what `adapt eval` runs
+    assert (logits(eval_loaded, ids) - dpo_policy).abs().max().item() < 1e-5
 
     from adapt.hub.push import dry_run
     from adapt.tasks import get_task

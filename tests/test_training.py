@@ -80,7 +80,9 @@ def test_sft_folder_is_a_loadable_model_with_template_and_resolved_recipe(sft_ru
     model = AutoModelForCausalLM.from_pretrained(folder)
     assert model.config.output_router_logits is False  # inference must not pay for (or break on) the aux loss
     resolved = yaml.safe_load((folder / "recipe.yaml").read_text())
-    assert resolved["router"] == {"load_balancing_weight": 0.01, "z_loss_weight": 0.001, "log_stats": True}
+    assert resolved["router"] == {"load_balancing_weight": 0.01, "z_loss_weight": 0.001, "log_stats": True,
+                                  "audit": True, "dead_expert_fraction": 0.25, "entropy_drop": 0.5,
+                                  "top_expert_share": 0.75, "on_collapse": "warn"}
     assert resolved["training"]["learning_rate"] == 1e-2
     run = json.loads((folder / "run.json").read_text())
     assert run["stage"] == "sft" and run["global_step"] == 4

@@ -16,6 +16,7 @@ from trl import DPOConfig, SFTConfig
 from adapt.config.sections import (
     SECTION_TYPES,
     DataSection,
+    ExpertsSection,
     HubSection,
     ModelSection,
     ParallelSection,
@@ -53,6 +54,7 @@ class _AdaptSections:
     parallel: ParallelSection = field(default_factory=ParallelSection)
     hub: HubSection = field(default_factory=HubSection)
     peft: PeftSection = field(default_factory=PeftSection)
+    experts: ExpertsSection = field(default_factory=ExpertsSection)
     # Replace an existing run folder at `output_dir`. Off by default: a run never silently overwrites another.
     overwrite: bool = False
     # How the SFT loss is reduced (a `training:` key, the toolkit's own). `mean`: TRL's token mean over the global

@@ -31,7 +31,10 @@ TRAINING_RANGES = {
     "eval_steps": (0.0, False, math.inf, False),
     "beta": (0.0, False, math.inf, False),
 }
-ROUTER_RANGES = {"load_balancing_weight": (0.0, True, 1e3, True), "z_loss_weight": (0.0, True, 1e3, True)}
+ROUTER_RANGES = {"load_balancing_weight": (0.0, True, 1e3, True), "z_loss_weight": (0.0, True, 1e3, True),
+                 # collapse thresholds (adapt/trainers/router_health.py): fractions; 1 turns that warning off
+                 "dead_expert_fraction": (0.0, True, 1.0, True), "entropy_drop": (0.0, False, 1.0, True),
+                 "top_expert_share": (0.0, False, 1.0, True)}
 
 
 def non_finite(value: Any) -> bool:
@@ -69,7 +72,7 @@ def check_ranges(stage: str, sections: dict[str, Any], training: dict[str, Any],
         value = getattr(router, key)
         if not _in_range(value, *bounds):
             raise RecipeError(file, f"router.{key}", f"must be {_describe(*bounds)}, got {value!r}",
-                              "use 0 to switch the loss off")
+                              "use 0 to switch the loss off" if key.endswith("_weight") else "give a fraction")
     if sections["data"].eval_rows < 0:
         raise RecipeError(file, "data.eval_rows", f"must be >= 0, got {sections['data'].eval_rows}",
                           "use 0 to hold out no rows")

@@ -114,6 +114,10 @@ def build_config(raw: dict[str, Any], file: str | None = None, *, check_paths: b
     _check_contradictions(recipe_stage, sections, training, file)
     _check_family(sections, file)
     _check_peft(sections, file, check_hardware)
+    from adapt.config.experts import check_experts
+
+    check_experts(sections, file, check_paths, known_model_type(sections["model"]),
+                  model_reference(sections["model"].name_or_path))
     _check_loss_reduction(recipe_stage, training, file)
     if check_paths:
         _check_paths(sections, file)
@@ -300,14 +304,17 @@ def _check_contradictions(stage: str, s: dict[str, Any], training: dict[str, Any
 
 
 def model_reference(name_or_path: str | None) -> str | None:
-    """Where the model's config lives: the folder or Hub id itself, or for a LoRA run's adapter folder its base."""
-    adapter_config = Path(os.path.expanduser(name_or_path or "")) / "adapter_config.json"
-    if name_or_path and adapter_config.is_file():
+    """Where the model's config lives: the folder or Hub id itself, or for a LoRA run's adapter folder its base (the
+    bottom of a chain: a LoRA DPO run's base is its LoRA SFT run, adapt.model.lora.load_merged_adapter)."""
+    for _ in range(16):  # a chain longer than this is a loop; the loader names it
+        adapter_config = Path(os.path.expanduser(name_or_path or "")) / "adapter_config.json"
+        if not (name_or_path and adapter_config.is_file()):
+            return name_or_path
         try:
-            return json.loads(adapter_config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+            name_or_path = json.loads(adapter_config.read_text(encoding="utf-8")).get("base_model_name_or_path")
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
             return None
-    return name_or_path
+    return None
 
 
 def known_model_type(model) -> str | None:

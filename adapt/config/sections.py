@@ -121,7 +121,25 @@ class RouterSection:
     # Router z-loss, mean over tokens of logsumexp(router logits)^2 averaged over layers; OLMoE pretraining used 0.001.
     z_loss_weight: float = 0.001
     # Log per-layer router statistics (expert load shares, max/min load ratio, router entropy) at each logging step.
+    # The collapse warnings below are computed from them: `false` turns both off.
     log_stats: bool = True
+    # On the first training micro-batch, measure that each weighted term is non-zero, reaches every router, is not
+    # also added by TRL or the model, and ignores padding; a failure stops the run (adapt/trainers/router_audit.py).
+    audit: bool = True
+    # Collapse warnings, per MoE layer and logging window (adapt/trainers/router_health.py). More than this share of
+    # a layer's experts chosen by no token: a quarter of the experts idle over thousands of tokens is lost capacity
+    # that even routing (or the base model) does not show.
+    dead_expert_fraction: float = 0.25
+    # The expert-load entropy fell by more than this fraction of its value at the start: 0.5 leaves about the square
+    # root of the experts in use (8 of 64), far beyond the specialisation fine-tuning brings.
+    entropy_drop: float = 0.5
+    # One expert in more than this share of the tokens' top-k (and over twice its even share k/E): 0.75 is 6x even
+    # for OLMoE's 8 of 64 and 3x for Mixtral's 2 of 8, where a narrow domain may favour an expert. The demo's healthy
+    # SFT (8 experts, 2 active) peaks at 62% from a random-init 52%; a collapsing router passes 80% in 3 steps.
+    top_expert_share: float = 0.75
+    # What a crossing does: `warn` (one line per layer) or `stop` (end training at that step; the run folder is marked
+    # stopped with the reason and never complete).
+    on_collapse: Literal["warn", "stop"] = "warn"
 
 
 def router_loss_scale(stage: str, loss_reduction: str, load_balancing_weight: float, z_loss_weight: float) -> str:
@@ -203,6 +221,36 @@ class PeftSection:
     quantize: Literal["4bit", "8bit"] | None = None
 
 
+# ESFT (adapt/model/expert_slices.py `part_parameters`): what may stay trainable beside the selected experts.
+ESFT_TRAINABLE = ("attention", "router", "shared_experts", "embeddings", "lm_head", "norms")
+
+
+@dataclass
+class ExpertsSection:
+    """Expert-specialized fine-tuning (ESFT, DeepSeek 2024): train only the routed experts the task uses, per MoE
+    layer, and freeze everything else. Off unless `select` is other than `all`."""
+
+    # `all`: every parameter trains (no ESFT). `gate_score`: per layer, rank experts by their average routing weight
+    # over the stage's tokens (0 where not chosen); `token_ratio`: by the share of tokens that chose them; both are
+    # computed on the router's own top-k weights and choices (sigmoid families too). `list`: the experts named below.
+    select: Literal["all", "gate_score", "token_ratio", "list"] = "all"
+    # p in (0, 1]: per layer, the highest-ranked experts are kept until their share of the criterion (normalised to
+    # sum 1 over the layer's experts) reaches p. The paper's runs use 0.1 (gate) and 0.2 (token).
+    threshold: float = 0.2
+    # select: list only: MoE layer number -> expert ids to train, e.g. {1: [0, 5]}; layers not named train none.
+    experts: dict[int, list[int]] | None = None
+    # An `adapt analyze` analysis.json to rank by instead of routing the training data (token_ratio only: it keeps
+    # the experts each token chose, not their weights).
+    from_analysis: str | None = None
+    # Which analysed model of that file to read (its `--models` name); unset: the file's only model.
+    analysis_model: str | None = None
+    # How many rows of the stage's training data are routed through the base model to rank the experts.
+    max_rows: int = 2000
+    # What else trains beside the selected experts (default: nothing): attention, router, shared_experts,
+    # embeddings, lm_head, norms.
+    train: list[str] = field(default_factory=list)
+
+
 SECTION_TYPES = {
     "model": ModelSection,
     "data": DataSection,
@@ -210,4 +258,5 @@ SECTION_TYPES = {
     "parallel": ParallelSection,
     "hub": HubSection,
     "peft": PeftSection,
+    "experts": ExpertsSection,
 }

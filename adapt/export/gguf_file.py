@@ -67,7 +67,7 @@ def check_export(run: Path, outfile: Path, type_: str, force: bool) -> ExportPla
     """Everything that can be refused before the weights load; raises ExportError."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from adapt.model.lora import adapter_base, is_adapter_folder
+    from adapt.model.lora import is_adapter_folder, root_base
     from adapt.runfolder import incomplete_reason
 
     if type_ not in TYPES and type_ not in KQUANTS and type_ != "auto":
@@ -80,7 +80,7 @@ def check_export(run: Path, outfile: Path, type_: str, force: bool) -> ExportPla
         raise ExportError(f"{run}: incomplete run folder, nothing exported: {reason}")
     if outfile.exists() and not force:
         raise ExportError(f"{outfile} exists; choose another --outfile or pass --force to replace it")
-    source = adapter_base(str(run)) if is_adapter_folder(str(run)) else str(run)
+    source = root_base(str(run)) if is_adapter_folder(str(run)) else str(run)
     if not source:
         raise ExportError(f"{run}/adapter_config.json: no base_model_name_or_path, so there is no base to merge into")
     try:

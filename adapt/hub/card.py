@@ -89,6 +89,7 @@ def write_card(run: Path, out: Path, *, repo_id: str, what: str, fingerprint: st
         overview(run, name, repo_id, stage, what, base, chain, config, out),
         sections.data_section(_read(out / "data_summary.json"), recipe, earlier),
         sections.training_section(recipe, record),
+        sections.experts_section(_read(out / "experts.json")),
         sections.curves_section(figures, last),
         "## Evaluation\n\n" + eval_text + "\n",
         router_section(run, out, fingerprint) if moe_facts(config) else "",

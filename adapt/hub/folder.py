@@ -21,7 +21,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "chat_template.jinja", "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # The run's own records: the resolved recipe makes the run reproducible from the repository alone.
-RECORD_FILES = ("recipe.yaml", "run.json", "data_summary.json", "metrics.jsonl", "router_stats.jsonl")
+RECORD_FILES = ("recipe.yaml", "run.json", "data_summary.json", "metrics.jsonl", "router_stats.jsonl",
+                "experts.json")
 INDEX = "model.safetensors.index.json"
 WHATS = ("auto", "model", "adapter", "merged")
 # Recipe fields and command-line overrides that can hold a credential (TRL's `hub_token`, a judge's key): published

@@ -94,6 +94,25 @@ def training_section(recipe: dict, record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def experts_section(selection: dict | None) -> str:
+    """ESFT: which experts trained, from the run's `experts.json` (empty when the run trained every expert)."""
+    if not selection:
+        return ""
+    layers = selection.get("layers") or {}
+    how = {"gate_score": "average gate score", "token_ratio": "token-selection ratio"}.get(selection.get("criterion"))
+    rule = (f"per MoE layer, the experts with the highest {how} until they held {selection.get('threshold')} of the "
+            f"layer's total, over {selection.get('tokens_routed')} tokens of {selection.get('source')}"
+            if how else "the experts the recipe listed")
+    also = "".join(f" and the {part}" for part in selection.get("also_trained") or [])
+    lines = ["## Expert-specialized fine-tuning (ESFT)", "",
+             f"Only the selected routed experts{also} were trained; every other weight is the starting model's, bit "
+             f"for bit. Selection: {rule}. Per layer and expert scores: `experts.json`.", "",
+             "| layer | trained experts |", "|---|---|"]
+    lines += [f"| {layer} | {', '.join(map(str, entry.get('selected') or [])) or 'none'} |"
+              for layer, entry in sorted(layers.items(), key=lambda kv: int(kv[0]))]
+    return "\n".join(lines) + "\n"
+
+
 def curves_section(figures: dict[str, str], last: dict[str, float]) -> str:
     if not figures:
         return "## Training curves\n\nThe run folder has no `metrics.jsonl`; no curves were drawn.\n"

@@ -53,3 +53,14 @@ def load_model(section, tokenizer: PreTrainedTokenizerBase, seed: int = 0, peft=
         return load_merged_adapter(section.name_or_path, dtype, **kwargs)
     return AutoModelForCausalLM.from_pretrained(section.name_or_path, revision=section.revision, dtype=dtype,
                                                 trust_remote_code=section.trust_remote_code, **_impl_kwargs(section))
+
+
+def load_run_model(ref: str, dtype="auto", **kwargs):
+    """What a run folder (or Hub id) computes, for evaluation, analysis and scoring: a model folder as saved, an
+    adapter folder merged into its base chain (adapt.model.lora.load_merged_adapter: proven, and a LoRA DPO run's
+    base is its LoRA SFT run, which transformers' own adapter loading cannot follow)."""
+    from adapt.model.lora import is_adapter_folder, load_merged_adapter
+
+    if is_adapter_folder(str(ref)):
+        return load_merged_adapter(str(ref), dtype, **kwargs)
+    return AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, **kwargs)

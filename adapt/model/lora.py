@@ -95,20 +95,41 @@ def load_trainable_adapter(ref: str, peft_section, dtype, **kwargs):
     return PeftModel.from_pretrained(model, ref, is_trainable=True)
 
 
+def root_base(ref: str) -> str | None:
+    """The model at the bottom of a chain of adapters: an adapter's base may itself be an adapter folder (a LoRA DPO
+    run started from a LoRA SFT run records the SFT run as its base, see load_merged_adapter)."""
+    seen = {str(Path(ref).expanduser().resolve())}
+    base = adapter_base(ref)
+    while base and is_adapter_folder(base):
+        key = str(Path(base).expanduser().resolve())
+        if key in seen:
+            raise LoraSetupError(f"{ref}/{ADAPTER_CONFIG}: the chain of base_model_name_or_path loops at {base}")
+        seen.add(key)
+        base = adapter_base(base)
+    return base
+
+
 def load_merged_adapter(ref: str, dtype, **kwargs):
     """An adapter folder as the model it describes: its base with the adapter merged in, so the next stage (DPO
     after a LoRA SFT) starts from exactly the SFT policy, and its reference model is that policy too. The merge is
-    done and proven in float32 (merge_proven), then the model takes `dtype` (`auto`: the base's saved dtype)."""
+    done and proven in float32 (merge_proven), then the model takes `dtype` (`auto`: the root base's saved dtype).
+    A base that is itself an adapter folder is merged first, recursively; the merged model is named after `ref`, so
+    an adapter trained on it (the DPO stage's) records `ref` as its base and loads back through this same chain
+    (naming the bottom model would silently drop `ref`'s adapter)."""
     from peft import PeftModel
     from transformers import AutoConfig, AutoModelForCausalLM
 
     base = adapter_base(ref)
     if not base:
         raise LoraSetupError(f"{ref}/{ADAPTER_CONFIG}: no base_model_name_or_path, so there is no base to load")
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, **kwargs)
+    if is_adapter_folder(base):
+        model = load_merged_adapter(base, torch.float32, **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, **kwargs)
     merged = merge_proven(PeftModel.from_pretrained(model, ref), where=ref)
+    merged.config._name_or_path = merged.name_or_path = str(ref)  # PEFT records `name_or_path` as an adapter's base
     if dtype == "auto":
-        saved = AutoConfig.from_pretrained(base).dtype
+        saved = AutoConfig.from_pretrained(root_base(ref)).dtype
         dtype = getattr(torch, saved) if isinstance(saved, str) else saved
     return merged.to(dtype or torch.float32)
 

@@ -17,25 +17,64 @@ DEFAULT_DPO = "recipes/demo/dpo.yaml"
 
 
 def _configs(args):
+    return stage_configs(args.sft, args.dpo, Path(args.output))
+
+
+def stage_configs(sft_recipe: str, dpo_recipe: str, out: Path, sft_overrides=(), dpo_overrides=()):
+    """The SFT config (into `out/sft`) and the DPO stage's overrides (from `out/sft` into `out/dpo`), both recipes
+    validated now. `sft_overrides`/`dpo_overrides`: more `key=value` overrides on top (bench/adaptation_compare.py)."""
     from adapt.config import load_recipe
 
-    out = Path(args.output)
-    sft = load_recipe(args.sft, [f"training.output_dir={out / 'sft'}", "overwrite=true"], stage="sft")
+    sft = load_recipe(sft_recipe, [*sft_overrides, f"training.output_dir={out / 'sft'}", "overwrite=true"],
+                      stage="sft")
     # The DPO stage starts from the SFT folder, which does not exist yet: validate now, check its paths later.
-    dpo_overrides = [f"model.name_or_path={out / 'sft'}", f"training.output_dir={out / 'dpo'}", "overwrite=true"]
-    load_recipe(args.dpo, dpo_overrides, stage="dpo", check_paths=False)
+    dpo_overrides = [*dpo_overrides, f"model.name_or_path={out / 'sft'}", f"training.output_dir={out / 'dpo'}",
+                     "overwrite=true"]
+    load_recipe(dpo_recipe, dpo_overrides, stage="dpo", check_paths=False)
     return sft, dpo_overrides
 
 
-def _score(model_or_path, tokenizer, task, args) -> dict:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def save_base(sft_config, out: Path):
+    """The tokenizer and the base model, exactly the weights SFT starts from, saved in `out/base`."""
+    from adapt.data.tokenizer import load_tokenizer
+    from adapt.model.loading import load_model
 
+    tokenizer = load_tokenizer(sft_config.model)
+    base = load_model(sft_config.model, tokenizer, seed=sft_config.seed)
+    base.save_pretrained(out / "base")
+    tokenizer.save_pretrained(out / "base")
+    return base, tokenizer
+
+
+def sft_then_dpo(sft_config, dpo_recipe: str, dpo_overrides: list[str], out: Path, task, eval_items: int):
+    """Train SFT into `out/sft`, score it, DPO into `out/dpo`, score it: ({"sft": scores, "dpo": scores},
+    {"sft_s", "dpo_s"}, {"sft": trainer, "dpo": trainer})."""
+    from adapt.config import load_recipe
+    from adapt.stages import dpo, sft
+
+    stages, timings, trainers = {}, {}, {}
+    t = time.time()
+    trainers["sft"] = sft.run(sft_config)
+    timings["sft_s"] = round(time.time() - t, 1)
+    stages["sft"] = _score(out / "sft", None, task, eval_items)
+
+    t = time.time()
+    trainers["dpo"] = dpo.run(load_recipe(dpo_recipe, dpo_overrides, stage="dpo"))
+    timings["dpo_s"] = round(time.time() - t, 1)
+    stages["dpo"] = _score(out / "dpo", None, task, eval_items)
+    return stages, timings, trainers
+
+
+def _score(model_or_path, tokenizer, task, eval_items: int) -> dict:
+    from transformers import AutoTokenizer
+
+    from adapt.model.loading import load_run_model
     from adapt_eval.task_eval import evaluate_task
 
     if isinstance(model_or_path, (str, Path)):
         tokenizer = AutoTokenizer.from_pretrained(model_or_path)
-        model_or_path = AutoModelForCausalLM.from_pretrained(model_or_path)
-    return evaluate_task(model_or_path, tokenizer, task, n_items=args.eval_items, n_pairs=args.eval_items)
+        model_or_path = load_run_model(str(model_or_path)).eval()
+    return evaluate_task(model_or_path, tokenizer, task, n_items=eval_items, n_pairs=eval_items)
 
 
 def _analyze_router(out: Path) -> str:
@@ -59,31 +98,15 @@ def run(args) -> dict:
     if out.exists():
         shutil.rmtree(out)
 
-    from adapt.config import load_recipe
-    from adapt.data.tokenizer import load_tokenizer
-    from adapt.model.loading import load_model
-    from adapt.stages import dpo, sft
     from adapt.tasks import get_task
     from adapt_eval.demo_report import write_report
 
     task = get_task("reverse")
-    timings, stages = {}, {}
     started = time.time()
-    tokenizer = load_tokenizer(sft_config.model)
-    base = load_model(sft_config.model, tokenizer, seed=sft_config.seed)  # exactly the weights SFT starts from
-    base.save_pretrained(out / "base")
-    tokenizer.save_pretrained(out / "base")
-    stages["base"] = _score(base, tokenizer, task, args)
-
-    t = time.time()
-    sft.run(sft_config)
-    timings["sft_s"] = round(time.time() - t, 1)
-    stages["sft"] = _score(out / "sft", None, task, args)
-
-    t = time.time()
-    dpo.run(load_recipe(args.dpo, dpo_overrides, stage="dpo"))
-    timings["dpo_s"] = round(time.time() - t, 1)
-    stages["dpo"] = _score(out / "dpo", None, task, args)
+    base, tokenizer = save_base(sft_config, out)
+    base_scores = _score(base, tokenizer, task, args.eval_items)
+    trained, timings, _ = sft_then_dpo(sft_config, args.dpo, dpo_overrides, out, task, args.eval_items)
+    stages = {"base": base_scores, **trained}
 
     t = time.time()
     analysis = _analyze_router(out)

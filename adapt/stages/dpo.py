@@ -13,6 +13,7 @@ from transformers import set_seed
 from adapt.data.tokenizer import load_tokenizer
 from adapt.stages.data import stage_data
 from adapt.stages.entry import stage_main
+from adapt.stages.experts import add_expert_selection
 from adapt.stages.train import add_adapters, check_family, load_policy, prepare_model, train_and_save
 from adapt.trainers import AdaptDPOTrainer, MetricsJSONLCallback
 
@@ -33,10 +34,11 @@ def run(config):
     else:
         # The reference is passed explicitly: TRL 1.16 fails building one from a model object without a path.
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    experts = add_expert_selection(model, config, data.train)  # ESFT when the recipe asks (experts:)
     trainer = AdaptDPOTrainer(model=model, ref_model=ref_model, args=config, train_dataset=data.train,
                               eval_dataset=data.eval, processing_class=tokenizer,
                               callbacks=[MetricsJSONLCallback()])
-    return train_and_save(trainer, config, tokenizer, started, data_summary=data.summary)
+    return train_and_save(trainer, config, tokenizer, started, data_summary=data.summary, experts=experts)
 
 
 def main(argv=None):

@@ -49,6 +49,8 @@ def save_run(trainer, config, tokenizer, started: float, data_summary: dict | No
     layout = describe(trainer.model)
     if layout is not None:
         record["expert_parallel"] = layout
+    if getattr(trainer, "router_audit", None) is not None:  # what the first micro-batch measured (router_audit.py)
+        record["router_audit"] = trainer.router_audit
     if data_summary is not None:
         (out / "data_summary.json").write_text(json.dumps(data_summary, indent=2) + "\n", encoding="utf-8")
     bad = non_finite_tensors(out)

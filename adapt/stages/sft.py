@@ -12,6 +12,7 @@ from transformers import set_seed
 from adapt.data.tokenizer import load_tokenizer
 from adapt.stages.data import stage_data
 from adapt.stages.entry import stage_main
+from adapt.stages.experts import add_expert_selection
 from adapt.stages.train import add_adapters, check_family, load_policy, prepare_model, train_and_save
 from adapt.trainers import AdaptSFTTrainer, MetricsJSONLCallback
 
@@ -26,11 +27,12 @@ def run(config):
     model = load_policy(config, tokenizer)
     prepare_model(model, config)
     model = add_adapters(model, config)  # LoRA when the recipe asks (peft:)
+    experts = add_expert_selection(model, config, data.train)  # ESFT when the recipe asks (experts:)
     # The rows come tokenized, masked and packed exactly as SFTTrainer would (adapt/data/tokenize.py); the config
     # says `dataset_kwargs.skip_prepare_dataset` (set by the recipe loader), so TRL takes them as they are.
     trainer = AdaptSFTTrainer(model=model, args=config, train_dataset=data.train, eval_dataset=data.eval,
                               processing_class=tokenizer, callbacks=[MetricsJSONLCallback()])
-    return train_and_save(trainer, config, tokenizer, started, data_summary=data.summary)
+    return train_and_save(trainer, config, tokenizer, started, data_summary=data.summary, experts=experts)
 
 
 def main(argv=None):

@@ -9,9 +9,11 @@ import sys
 
 from safetensors import SafetensorError
 
-from adapt.runfolder import RunFolderError, claim, resume_checkpoint
+from adapt.model.expert_slices import unwrap
+from adapt.runfolder import RunFolderError, claim, resume_checkpoint, write_stopped
+from adapt.stages.experts import write_record
 from adapt.stages.save import save_run
-from adapt.trainers.guards import NonFiniteLossError
+from adapt.trainers.guards import TrainingStopped
 
 # A full disk, a quota, a read-only or unwritable folder: said in one line instead of a traceback.
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
@@ -96,8 +98,10 @@ def add_adapters(model, config):
         sys.exit(f"error: {config.recipe_path}: {e}")
 
 
-def train_and_save(trainer, config, tokenizer, started: float, data_summary: dict | None = None):
-    """The part every stage shares once its trainer is built: claim the run folder, train, save, push."""
+def train_and_save(trainer, config, tokenizer, started: float, data_summary: dict | None = None,
+                   experts: dict | None = None):
+    """The part every stage shares once its trainer is built: claim the run folder, train, save, push. `experts`:
+    the ESFT selection (adapt/stages/experts.py), written to the folder before training."""
     is_main = trainer.accelerator.is_main_process
     if config.hub.push and is_main:  # a bad repo id or a missing token must not wait for the end of training
         from adapt.hub.push import check_recipe_push
@@ -107,11 +111,18 @@ def train_and_save(trainer, config, tokenizer, started: float, data_summary: dic
         lock = claim(config, is_main)
     except RunFolderError as e:
         sys.exit(f"error: {e}")
+    write_record(experts, config.output_dir, is_main)
     trainer.accelerator.wait_for_everyone()
     try:
         trainer.train(resume_from_checkpoint=resume_checkpoint(config))
+        if experts is not None:  # the trained slices back into the fused tensors: the family's plain model
+            unwrap(trainer.model)
         out = save_run(trainer, config, tokenizer, started, data_summary)
-    except (NonFiniteLossError, RunFolderError) as e:
+    except TrainingStopped as e:  # a non-finite loss, a failed router audit, a router collapse under `stop`
+        if is_main:
+            write_stopped(config.output_dir, str(e), trainer.state.global_step)
+        sys.exit(f"error: {e}")
+    except RunFolderError as e:
         sys.exit(f"error: {e}")
     except (OSError, SafetensorError) as e:
         if isinstance(e, OSError) and e.errno not in DISK_ERRORS:

@@ -10,7 +10,12 @@ from __future__ import annotations
 import torch
 
 
-class NonFiniteLossError(RuntimeError):
+class TrainingStopped(RuntimeError):
+    """The toolkit stops the run on purpose; the message is the one-line reason the stage prints and keeps in the
+    run folder (`stopped.json`, adapt/runfolder.py)."""
+
+
+class NonFiniteLossError(TrainingStopped):
     """The loss of a micro-batch is NaN or infinite; the message names the optimizer step."""
 
 

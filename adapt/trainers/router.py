@@ -24,13 +24,16 @@ expert parallelism DeepSpeed replaces the MoE blocks inside `deepspeed.initializ
 the first `compute_loss` after that hooks AutoEP's routers (once; each later step finds them hooked): AutoEP's router
 gives the logits from its `gate` and the chosen experts from its own forward (`adapt.parallel.autoep.routing_sources`),
 so losses and statistics come from the same record as without expert parallelism.
+
+The first training micro-batch's record, with TRL's main loss and the model's own `aux_loss` (a forward hook on the
+model), goes through the router-loss audit (router_audit.py) before the terms are added; each logging window's
+summed counts go through the collapse checks (router_health.py), which may end training at that step.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from collections import defaultdict
 from functools import partial
 
@@ -38,31 +41,9 @@ import torch
 
 from adapt.config.families import family
 from adapt.losses.router import RouterCapture, RouterStats, load_balancing_loss, router_stats, router_z_loss
+from adapt.model.routing import find_backbone, router_modules
 from adapt.parallel.autoep import match_router_precision, routing_sources
-
-
-def find_backbone(model: torch.nn.Module) -> torch.nn.Module:
-    """The module whose output carries `router_logits` (the `base_model` of an HF `...ForCausalLM`)."""
-    for module in model.modules():
-        base = getattr(module, "base_model", None)
-        if isinstance(base, torch.nn.Module) and getattr(base, "base_model", None) is base:
-            return base
-    raise ValueError(f"{type(model).__name__} has no HF backbone (`base_model`) to record router logits from")
-
-
-def router_modules(backbone: torch.nn.Module) -> list[tuple[int, torch.nn.Module]]:
-    """(layer number, router module) for each MoE layer: the modules of the class the model records
-    `router_logits` from (transformers' `_can_record_outputs`), numbered by the `layers.N.` in their name."""
-    recorders = getattr(backbone, "_can_record_outputs", None) or {}
-    recorders = recorders.get("router_logits") or []
-    recorders = recorders if isinstance(recorders, (list, tuple)) else [recorders]
-    classes = tuple(r.target_class for r in recorders if getattr(r, "target_class", None) is not None)
-    found = []
-    for name, module in backbone.named_modules():
-        if classes and isinstance(module, classes):
-            layer = re.search(r"layers\.(\d+)\.", name + ".")
-            found.append((int(layer.group(1)) if layer else len(found), module))
-    return found
+from adapt.trainers import router_audit, router_health
 
 
 class RoutingRecorder:
@@ -149,6 +130,17 @@ class RouterLossMixin:
             self._num_experts = getattr(text_config, self.family.experts_attr)
             self._recorder = RoutingRecorder(find_backbone(self.model))
             self._awaiting_autoep = self.args.parallel.expert_parallel_size > 1
+            self._collapse = router_health.CollapseMonitor(self.router, self._top_k, self._num_experts)
+        # The first training micro-batch is audited (adapt/trainers/router_audit.py); its record goes to run.json.
+        self._audit_pending = self._is_moe and self.router.audit
+        self.router_audit: dict | None = None
+        self.router_stop_reason: str | None = None  # set when router.on_collapse: stop ends training
+
+    def train(self, *args, **kwargs):
+        result = super().train(*args, **kwargs)
+        if self.router_stop_reason:  # ended early by `router.on_collapse: stop`: the stage marks the folder stopped
+            raise router_health.RouterCollapseError(self.router_stop_reason)
+        return result
 
     def _router_loss_divisor(self, num_items_in_batch) -> int:
         """How the trainer scales a per-micro-batch mean for gradient accumulation (TRL's SFT scales it itself)."""
@@ -165,15 +157,20 @@ class RouterLossMixin:
             if self._awaiting_autoep:  # once: the first step after DeepSpeed has converted the model
                 self._adopt_autoep()
             self._recorder.start()
+        probe = router_audit.ModelAuxProbe(self.model) if self._audit_pending and model.training else None
         try:
             result = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                           num_items_in_batch=num_items_in_batch)
         finally:
             captured = self._recorder.stop() if self._is_moe else None
+            if probe is not None:
+                probe.remove()
         if self._is_moe and captured is None and model.training:
             raise RuntimeError("the policy forward ran no router the toolkit records, so the router losses would be "
                                "silently left out (adapt/trainers/router.py)")
         loss = result[0] if return_outputs else result
+        if probe is not None and captured is not None:
+            self._audit(captured, loss, probe.aux_loss, inputs)
         if captured is not None:
             loss = loss + self._router_terms(captured, summed=summed, num_items_in_batch=num_items_in_batch)
         if summed and model.training:
@@ -200,13 +197,51 @@ class RouterLossMixin:
         z_loss = lb_loss = None
         terms = torch.zeros((), device=captured.logits[0].device)
         if self.family.router_losses:
-            z_loss = router_z_loss(captured.logits, captured.token_mask_T)
-            lb_loss = load_balancing_loss(captured.logits, self._num_experts, self._top_k, captured.token_mask_T)
+            losses = self._router_losses(captured)
+            lb_loss, z_loss = losses["load_balancing"], losses["z_loss"]
             terms = self.router.load_balancing_weight * lb_loss + self.router.z_loss_weight * z_loss
             if not summed:
                 terms = terms / self._router_loss_divisor(num_items_in_batch)
         self._record_router_metrics(captured, z_loss, lb_loss)
         return terms
+
+    def _router_losses(self, captured: RouterCapture) -> dict[str, torch.Tensor]:
+        """The unweighted terms, as training adds them (the audit measures this very function)."""
+        return {"load_balancing": load_balancing_loss(captured.logits, self._num_experts, self._top_k,
+                                                      captured.token_mask_T),
+                "z_loss": router_z_loss(captured.logits, captured.token_mask_T)}
+
+    def _router_params(self) -> dict[int, list[torch.nn.Parameter]]:
+        """Per MoE layer, the parameters of its router (both copies under LoRA's `modules_to_save`; AutoEP's gate)."""
+        found = defaultdict(list)
+        for layer, module in router_modules(self._recorder.backbone):
+            found[layer] += list(module.parameters())
+        for layer, gate, _ in routing_sources(self._recorder.backbone):
+            found[layer] += list(gate.parameters())
+        return found
+
+    def _audit(self, captured: RouterCapture, main_loss: torch.Tensor, model_aux, inputs) -> None:
+        """The router-loss audit of the first training micro-batch (adapt/trainers/router_audit.py): printed once,
+        kept for run.json, and a failure on any process stops every process."""
+        self._audit_pending = False
+        text_config = self.model.config.get_text_config()
+        record = router_audit.audit(
+            family=self.family, captured=captured, main_loss=main_loss, model_aux=model_aux,
+            weights={"load_balancing": self.router.load_balancing_weight, "z_loss": self.router.z_loss_weight},
+            losses=self._router_losses, routers=self._router_params(),
+            real_tokens=router_audit.real_token_count(inputs),
+            model_side={"output_router_logits": getattr(text_config, "output_router_logits", None),
+                        "trl_router_aux_loss_coef": getattr(self, "router_aux_loss_coef", None)})
+        record["step"] = self.state.global_step + 1
+        self.router_audit = record
+        if self.accelerator.is_main_process:
+            router_audit.log.warning(router_audit.format_block(record))
+        failed = torch.tensor([float(not record["passed"])], device=self.accelerator.device)
+        if self.accelerator.gather(failed).sum() > 0:
+            reason = "; ".join(record["failures"]) or "it failed on another process (see that process's log)"
+            raise router_audit.RouterAuditError(
+                f"training.output_dir {self.args.output_dir}: the router-loss audit of step 1's first micro-batch "
+                f"failed: {reason}. The run stops before its first update (router.audit: false skips the audit)")
 
     @torch.no_grad()
     def _record_router_metrics(self, captured: RouterCapture, z_loss, lb_loss) -> None:
@@ -219,6 +254,7 @@ class RouterLossMixin:
         if self.router.log_stats and mode == "train":
             stats = router_stats(captured, self._top_k, self.family.scoring)
             self._stats = stats if self._stats is None else self._stats + stats
+            self._collapse.observe(stats, self.state.global_step)
 
     # ------------------------------------------------------------------------------------------------------- logs
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -227,18 +263,34 @@ class RouterLossMixin:
         for key in sorted(k for k in self._router_metrics if k.startswith(mode + ":")):  # same order on every rank
             local_mean = torch.stack(self._router_metrics.pop(key)).mean()
             logs[prefix + key.split(":", 1)[1]] = self.accelerator.gather_for_metrics(local_mean).mean().item()
+        collapse = []
         if mode == "train" and self._stats is not None:
-            logs.update(self._flush_router_stats())
+            router_logs, collapse = self._flush_router_stats()
+            logs.update(router_logs)
         super().log(logs, start_time)
+        if collapse and self.accelerator.is_main_process:
+            for line in collapse:
+                router_health.log.warning(line)
+        if collapse and self.router.on_collapse == "stop":
+            # Every process saw the same summed counts, so all stop at this step; the stage then marks the folder.
+            self.router_stop_reason = (f"training.output_dir {self.args.output_dir}: training ended early "
+                                       f"(router.on_collapse: stop): {collapse[0]}")
+            self.control.should_training_stop = True
 
-    def _flush_router_stats(self) -> dict[str, float]:
+    def _summed(self, stats: RouterStats) -> RouterStats:
+        """Routing counts summed over every process (collective: every rank calls it at the same point)."""
+        if self.accelerator.num_processes == 1:
+            return stats
+        device = self.accelerator.device
+        return RouterStats(stats.layer_ids,
+                           self.accelerator.reduce(stats.tokens_per_expert_LE.to(device), "sum").cpu(),
+                           self.accelerator.reduce(stats.entropy_sum_L.to(device), "sum").cpu(),
+                           self.accelerator.reduce(torch.tensor(stats.num_tokens, device=device), "sum").item())
+
+    def _flush_router_stats(self) -> tuple[dict[str, float], list[str]]:
+        """The window's routing metrics, and the collapse warnings it raises (adapt/trainers/router_health.py)."""
         stats, self._stats = self._stats, None
-        if self.accelerator.num_processes > 1:
-            device = self.accelerator.device
-            stats = RouterStats(stats.layer_ids,
-                                self.accelerator.reduce(stats.tokens_per_expert_LE.to(device), "sum").cpu(),
-                                self.accelerator.reduce(stats.entropy_sum_L.to(device), "sum").cpu(),
-                                self.accelerator.reduce(torch.tensor(stats.num_tokens, device=device), "sum").item())
+        stats = self._summed(stats)
         summary = stats.summary()
         if self.accelerator.is_main_process:
             os.makedirs(self.args.output_dir, exist_ok=True)
@@ -250,4 +302,5 @@ class RouterLossMixin:
             logs[f"router/layer_{layer}/entropy"] = entropy
         logs["router/load_ratio_max"] = max(summary["load_ratio"])
         logs["router/entropy_mean"] = sum(summary["entropy"]) / len(summary["entropy"])
-        return logs
+        health, collapse = self._collapse.check(stats, self.state.global_step, self._summed)
+        return {**logs, **health}, collapse

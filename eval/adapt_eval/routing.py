@@ -13,7 +13,7 @@ The metrics are the OLMoE paper's analysis (arXiv 2409.02060, section 5), per Mo
 - router saturation between two models on the same tokens: the mean over tokens of |top-k(A) ∩ top-k(B)| / k, which
   is 1.0 for a model against itself and k/E on average for two unrelated routers.
 
-The routing is the model's own: the experts each router module returned (`adapt.trainers.router.router_modules`),
+The routing is the model's own: the experts each router module returned (`adapt.model.routing.router_modules`),
 recorded by forward hooks, under the model's own layer numbers. A batch's choices are folded into counts and
 dropped; what grows with the tokens is what the saturation needs, the choices of the first and the previous model
 (and the current one's while it runs): L x k bytes per token position (padding included; 2 bytes per choice past 256
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from adapt.trainers.router import find_backbone, router_modules
+from adapt.model.routing import find_backbone, router_modules
 
 
 class RoutingRecorder:

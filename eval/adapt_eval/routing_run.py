@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from adapt.trainers.router import find_backbone
+from adapt.model.routing import find_backbone
 from adapt_eval.routing import RoutingRecorder, RoutingTotals, saturation
 from adapt_eval.routing_data import domain_texts
 
@@ -58,15 +58,9 @@ def data_fingerprints(batches: list[tuple]) -> dict[str, dict]:
 
 def load_model(ref: str, dtype: torch.dtype, device, device_map: str | None):
     """A model folder, Hub id or adapter folder (merged into its base), in eval mode on `device`."""
-    from transformers import AutoModelForCausalLM
+    from adapt.model.loading import load_run_model
 
-    from adapt.model.lora import is_adapter_folder, load_merged_adapter
-
-    kwargs = {"device_map": device_map} if device_map else {}
-    if is_adapter_folder(ref):
-        model = load_merged_adapter(ref, dtype, **kwargs)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, **kwargs)
+    model = load_run_model(ref, dtype, **({"device_map": device_map} if device_map else {}))
     return (model if device_map else model.to(device)).eval()
 
 
@@ -76,9 +70,9 @@ def check_model(name: str, ref: str, highest_id: int) -> int:
     from transformers import AutoConfig
 
     from adapt.config.families import family, unsupported
-    from adapt.model.lora import adapter_base, is_adapter_folder
+    from adapt.model.lora import is_adapter_folder, root_base
 
-    config = AutoConfig.from_pretrained(adapter_base(ref) if is_adapter_folder(ref) else ref).get_text_config()
+    config = AutoConfig.from_pretrained(root_base(ref) if is_adapter_folder(ref) else ref).get_text_config()
     f = family(config.model_type)
     if f is None:
         raise ValueError(f"--models {name}={ref}: {unsupported(config.model_type)}")

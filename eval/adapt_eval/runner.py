@@ -145,10 +145,12 @@ def build_model(model_path: str, batch_size: int, device: str | None, max_length
         except ImportError:
             pass
     from lm_eval.models.huggingface import HFLM
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from adapt.model.loading import load_run_model
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype="auto").to(device).eval()
+    model = load_run_model(model_path, "auto").to(device).eval()  # an adapter folder merged, its chain followed
     text_config = model.config.get_text_config()
     if getattr(text_config, "output_router_logits", False):  # MoE aux loss on every forward: not at eval
         text_config.output_router_logits = False
