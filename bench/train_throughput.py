@@ -132,9 +132,11 @@ def trainer_step_time(args, kind: str, toolkit: bool, device, dtype, cached_ref:
         if kind == "sft":
             rows = [{"input_ids": torch.randint(2, vocab, (args.seq,), generator=g).tolist()} for _ in range(n_rows)]
             rows = [{**r, "labels": r["input_ids"]} for r in rows]
-            # the toolkit's config (router section: load balancing 0.01, z-loss 0.001) serves both; TRL ignores it
+            # the toolkit's config (router section: load balancing 0.01, z-loss 0.001) serves both; TRL ignores the
+            # section and adds the model's aux loss itself (coefficient 0.01), which the toolkit's trainer must not
+            # also get (its router-loss audit stops a run that counts the term twice)
             config = AdaptSFTConfig(output_dir=out, dataset_kwargs={"skip_prepare_dataset": True}, stage="sft",
-                                    router_aux_loss_coef=0.01, **common)
+                                    router_aux_loss_coef=0.0 if toolkit else 0.01, **common)
             cls = AdaptSFTTrainer if toolkit else SFTTrainer
             trainer = cls(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                           callbacks=[timer])
@@ -142,7 +144,7 @@ def trainer_step_time(args, kind: str, toolkit: bool, device, dtype, cached_ref:
             half = args.seq // 2
             rows = [{k: torch.randint(2, vocab, (half,), generator=g).tolist()
                      for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for _ in range(n_rows)]
-            config = AdaptDPOConfig(output_dir=out, stage="dpo", router_aux_loss_coef=0.01,
+            config = AdaptDPOConfig(output_dir=out, stage="dpo", router_aux_loss_coef=0.0 if toolkit else 0.01,
                                     precompute_ref_log_probs=cached_ref, **common)
             reference = make_model(args.shape, "adapt_fused" if toolkit else "grouped_mm", device, dtype)
             reference = reference.eval().requires_grad_(False)
