@@ -157,7 +157,9 @@ def test_what_llama_cpp_would_run_differently_is_refused_before_writing(family, 
     assert not (tmp_path / "m.gguf").exists() and not (tmp_path / "m.gguf.partial").exists()
 
 
-@pytest.mark.parametrize("family", list(EXPORTED))
+# One family per kind of tensor transform the merged weights go through (plain, q/k permuted, MLA split, gpt_oss's
+# interleaved and biased experts); the merge itself is checked for every family in tests/test_lora_merge.py.
+@pytest.mark.parametrize("family", ["olmoe", "mixtral", "deepseek_v3", "gpt_oss"])
 def test_a_lora_run_exports_merged_as_base_plus_adapter(family, tulu_tokenizer, tmp_path):
     """A LoRA on attention, the experts (`target_parameters` on the fused 3-D weights) and the router, all of it
     random so that every part moves the logits: the file computes base + adapter (PEFT's unmerged forward), not the

@@ -108,15 +108,15 @@ def accelerate_launch(stage, recipe, *overrides, timeout=600):
 
 
 @pytest.mark.multiprocess
-def test_zero2_expert_parallel_sft_then_dpo_through_accelerate(tmp_path):
+def test_zero2_expert_parallel_sft_through_accelerate(tmp_path):
+    # SFT through `accelerate launch` on the demo recipe; DPO under expert parallelism through the stages is
+    # tests/test_expert_parallel.py's sft_then_dpo test (against the run without it), kept out of here for CI time
     from transformers import OlmoeForCausalLM
 
     common = ["parallel.deepspeed=zero2", "parallel.expert_parallel_size=2", "training.max_steps=3",
               "training.logging_steps=1", "data.sources.0.rows=128", f"data.cache_dir={tmp_path / 'cache'}"]
     accelerate_launch("sft", REPO / "recipes/demo/sft.yaml", *common, f"training.output_dir={tmp_path / 'sft'}")
-    accelerate_launch("dpo", REPO / "recipes/demo/dpo.yaml", *common, f"training.output_dir={tmp_path / 'dpo'}",
-                      f"model.name_or_path={tmp_path / 'sft'}")
-    for stage in ("sft", "dpo"):
+    for stage in ("sft",):
         rows = [json.loads(line) for line in (tmp_path / stage / "metrics.jsonl").read_text().splitlines()]
         train = [r for r in rows if "loss" in r]
         assert [r["step"] for r in train] == [1, 2, 3]
