@@ -171,10 +171,8 @@ def test_a_lora_run_exports_merged_as_base_plus_adapter(family, tulu_tokenizer, 
 
     tiny_model(family, tulu_tokenizer).save_pretrained(tmp_path / "base")
     base = AutoModelForCausalLM.from_pretrained(tmp_path / "base").eval()  # knows its folder: the adapter's base
-    targets = FAMILIES[family].lora_targets(["attention", "experts", "router"])
-    lora = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, **{
-        key: sorted({name for spec in targets.values() for name in spec.get(key, [])})
-        for key in ("target_modules", "target_parameters", "modules_to_save")})
+    lora = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                      **FAMILIES[family].lora_kwargs(["attention", "experts", "router"]))
     adapted = get_peft_model(copy.deepcopy(base), lora)
     with torch.no_grad():
         for name, p in adapted.named_parameters():

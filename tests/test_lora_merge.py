@@ -24,10 +24,8 @@ def lora_run(tmp_path, family: str):
                                   pad_token_id=1, **TINY[family])
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "base")
-    targets = FAMILIES[family].lora_targets(["attention", "experts", "router"])
-    lora = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, **{
-        key: sorted({name for spec in targets.values() for name in spec.get(key, [])})
-        for key in ("target_modules", "target_parameters", "modules_to_save")})
+    lora = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                      **FAMILIES[family].lora_kwargs(["attention", "experts", "router"]))
     adapted = get_peft_model(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), lora)
     with torch.no_grad():
         for name, p in adapted.named_parameters():

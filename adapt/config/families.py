@@ -69,6 +69,13 @@ class Family:
         }
         return {name: by_selector[name] for name in targets}
 
+    def lora_kwargs(self, targets: list[str]) -> dict[str, list[str]]:
+        """The selectors' names merged per PEFT `LoraConfig` argument (`target_modules`, `target_parameters`,
+        `modules_to_save`), each sorted and without repeats."""
+        selected = self.lora_targets(targets)
+        return {key: sorted({name for spec in selected.values() for name in spec.get(key, [])})
+                for key in ("target_modules", "target_parameters", "modules_to_save")}
+
     @property
     def router_losses(self) -> bool:
         """Load-balancing and z-loss are defined (module note)."""

@@ -50,8 +50,7 @@ def apply_lora(model, peft_section, family):
         if not found:
             raise LoraSetupError(f"peft.targets: `{selector}` matches nothing in this {family.model_type} model "
                                  f"(looked for {', '.join(sum(spec.values(), []))}); remove it from peft.targets")
-    merged = {key: sorted({name for spec in selected.values() for name in spec.get(key, [])})
-              for key in ("target_modules", "target_parameters", "modules_to_save")}
+    merged = family.lora_kwargs(peft_section.targets)
     config = LoraConfig(r=peft_section.r, lora_alpha=peft_section.alpha, lora_dropout=peft_section.dropout,
                         target_modules=merged["target_modules"] or None,
                         target_parameters=merged["target_parameters"] or None,
