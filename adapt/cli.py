@@ -97,7 +97,11 @@ def main(argv=None) -> None:
     if "-h" in rest or "--help" in rest:  # answered from the light parser module, before the command's imports
         _load(command.parser)().print_help()
         return
-    _load(command.run)(rest)
+    try:
+        _load(command.run)(rest)
+    except KeyboardInterrupt:  # Ctrl-C: one line, the shell's exit status for SIGINT (a stage saves first)
+        print(f"stopped: SIGINT (Ctrl-C) during `adapt {command.name}`", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

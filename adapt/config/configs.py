@@ -63,6 +63,10 @@ class _AdaptSections:
     # sum / (accumulation x processes); the router terms are added per micro-batch. DPO is a mean over pairs in
     # both open-instruct and TRL, so `sum` is refused there.
     loss_reduction: Literal["mean", "sum"] = field(default="mean", metadata={"training_key": True})
+    # On SIGTERM or SIGINT (preemption, Ctrl-C) the run finishes its step and saves a resumable checkpoint within this
+    # many seconds, or exits without it (adapt/trainers/signals.py). Below the 30 s Slurm and Kubernetes wait before
+    # SIGKILL by default; raise it with theirs (e.g. Slurm's `--signal=TERM@120`) when a checkpoint takes longer.
+    stop_grace_seconds: float = field(default=25.0, metadata={"training_key": True})
     # The file the recipe was read from (for messages and the resolved copy); not a recipe key.
     recipe_path: str | None = field(default=None, metadata={"recipe_key": False})
 

@@ -30,6 +30,7 @@ TRAINING_RANGES = {
     "save_steps": (0.0, False, math.inf, False),
     "eval_steps": (0.0, False, math.inf, False),
     "beta": (0.0, False, math.inf, False),
+    "stop_grace_seconds": (0.0, False, 3600.0, True),
 }
 ROUTER_RANGES = {"load_balancing_weight": (0.0, True, 1e3, True), "z_loss_weight": (0.0, True, 1e3, True),
                  # collapse thresholds (adapt/trainers/router_health.py): fractions; 1 turns that warning off

@@ -7,6 +7,7 @@ validated, the stage runs, and the process group is closed cleanly.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 
@@ -48,12 +49,19 @@ def load_stage_config(stage: str, argv=None):
 def stage_main(stage: str, run, argv=None) -> None:
     """A stage module's `main`: the recipe from the command line, the run, one line on a data error, a clean end."""
     from adapt.data.sources import DataError
+    from adapt.trainers.signals import Interrupted, exit_code, interrupt_on_signals  # torch: not for `--help`
 
-    config = load_stage_config(stage, argv)
+    interrupt_on_signals()  # the training loop has its own handling (adapt/trainers/signals.py)
     try:
+        config = load_stage_config(stage, argv)
         run(config)
     except DataError as e:
         sys.exit(f"error: {e}")
+    except (Interrupted, KeyboardInterrupt) as e:
+        signum = getattr(e, "signum", 2)
+        print(f"stopped: {signal.Signals(signum).name} outside the training loop (reading the data, loading the "
+              f"model or publishing); nothing of this stage is marked complete", file=sys.stderr)
+        sys.exit(exit_code(signum))
     end_processes()
 
 

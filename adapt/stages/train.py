@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import sys
+from contextlib import contextmanager
 
 from safetensors import SafetensorError
 
 from adapt.model.expert_slices import unwrap
 from adapt.runfolder import RunFolderError, claim, resume_checkpoint, write_stopped
+from adapt.stages.entry import end_processes
 from adapt.stages.experts import write_record
 from adapt.stages.save import save_run
-from adapt.trainers.guards import TrainingStopped
+from adapt.trainers.guards import SignalStopped, TrainingStopped
+from adapt.trainers.signals import GracefulStop, exit_code
 
 # A full disk, a quota, a read-only or unwritable folder: said in one line instead of a traceback.
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
@@ -101,7 +105,8 @@ def add_adapters(model, config):
 def train_and_save(trainer, config, tokenizer, started: float, data_summary: dict | None = None,
                    experts: dict | None = None):
     """The part every stage shares once its trainer is built: claim the run folder, train, save, push. `experts`:
-    the ESFT selection (adapt/stages/experts.py), written to the folder before training."""
+    the ESFT selection (adapt/stages/experts.py), written to the folder before training. SIGTERM and SIGINT stop
+    the run at a step boundary with a checkpoint (adapt/trainers/signals.py)."""
     is_main = trainer.accelerator.is_main_process
     if config.hub.push and is_main:  # a bad repo id or a missing token must not wait for the end of training
         from adapt.hub.push import check_recipe_push
@@ -113,14 +118,23 @@ def train_and_save(trainer, config, tokenizer, started: float, data_summary: dic
         sys.exit(f"error: {e}")
     write_record(experts, config.output_dir, is_main)
     trainer.accelerator.wait_for_everyone()
+    stop = _graceful_stop(trainer, config, is_main)
+    trainer.add_callback(stop)
     try:
-        trainer.train(resume_from_checkpoint=resume_checkpoint(config))
-        if experts is not None:  # the trained slices back into the fused tensors: the family's plain model
-            unwrap(trainer.model)
-        out = save_run(trainer, config, tokenizer, started, data_summary)
-    except TrainingStopped as e:  # a non-finite loss, a failed router audit, a router collapse under `stop`
+        with _installed(stop):
+            trainer.train(resume_from_checkpoint=resume_checkpoint(config))
+            if stop.signum is not None:
+                raise SignalStopped(stop.reason(resume_hint(config)), exit_code(stop.signum))
+            if experts is not None:  # the trained slices back into the fused tensors: the family's plain model
+                unwrap(trainer.model)
+            out = save_run(trainer, config, tokenizer, started, data_summary)
+    except TrainingStopped as e:  # a stop signal, a non-finite loss, a failed router audit, a collapse under `stop`
         if is_main:
             write_stopped(config.output_dir, str(e), trainer.state.global_step)
+        if isinstance(e, SignalStopped):  # every rank stopped at the same step: close the process group cleanly
+            print(str(e), file=sys.stderr)
+            end_processes()
+            sys.exit(e.exit_code)
         sys.exit(f"error: {e}")
     except RunFolderError as e:
         sys.exit(f"error: {e}")
@@ -138,3 +152,32 @@ def train_and_save(trainer, config, tokenizer, started: float, data_summary: dic
 
         push_from_recipe(out, config.hub)
     return trainer
+
+
+def resume_hint(config) -> str:
+    """The command that continues a stopped run from its newest checkpoint."""
+    recipe = f" --config {config.recipe_path}" if config.recipe_path else ""
+    return f"`adapt {config.stage}{recipe} training.resume_from_checkpoint=latest`"
+
+
+def _graceful_stop(trainer, config, is_main: bool) -> GracefulStop:
+    def timed_out(signum, step):  # the timer's thread: the process exits right after this
+        step = trainer.state.global_step if step is None else step
+        name = signal.Signals(signum).name
+        reason = (f"stopped by {name} at step {step}: the {config.stop_grace_seconds:g} s grace period "
+                  f"(training.stop_grace_seconds) ended before the checkpoint was written; resume from the last "
+                  f"complete checkpoint with {resume_hint(config)}")
+        if is_main:
+            write_stopped(config.output_dir, reason, step)
+        print(reason, file=sys.stderr, flush=True)
+
+    return GracefulStop(trainer.accelerator, config.stop_grace_seconds, on_timeout=timed_out)
+
+
+@contextmanager
+def _installed(stop: GracefulStop):
+    stop.install()
+    try:
+        yield
+    finally:
+        stop.uninstall()  # back to the handlers before (adapt/stages/entry.py's, in a stage's process)

@@ -15,6 +15,14 @@ class TrainingStopped(RuntimeError):
     run folder (`stopped.json`, adapt/runfolder.py)."""
 
 
+class SignalStopped(TrainingStopped):
+    """SIGTERM or SIGINT stopped the run at a step boundary, with a checkpoint (adapt/trainers/signals.py)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class NonFiniteLossError(TrainingStopped):
     """The loss of a micro-batch is NaN or infinite; the message names the optimizer step."""
 
