@@ -268,6 +268,11 @@ def _check_contradictions(stage: str, s: dict[str, Any], training: dict[str, Any
                               suggest(src.format, formats))
         if src.rows is not None and src.rows <= 0:
             raise RecipeError(file, f"data.sources[{i}].rows", "must be positive", "drop it to take every row")
+    counted = [src.rows for src in data.sources]
+    if data.eval_rows and None not in counted and data.eval_rows >= sum(counted):
+        raise RecipeError(file, "data.eval_rows", f"holds out {data.eval_rows} rows of a mixture of at most "
+                          f"{sum(counted)}: none would be left to train on", "hold out fewer rows")
+    _check_attention(model.attn_implementation, file)
     if model.tokenizer and model.tokenizer.startswith("builtin:") \
             and model.tokenizer.split(":", 1)[1] not in BUILTIN_TOKENIZERS:
         raise RecipeError(file, "model.tokenizer", f"unknown builtin tokenizer {model.tokenizer!r}",
@@ -301,6 +306,21 @@ def _check_contradictions(stage: str, s: dict[str, Any], training: dict[str, Any
                           "also set `parallel.deepspeed` (e.g. zero2)")
     if hub.push and not hub.repo_id:
         raise RecipeError(file, "hub.repo_id", "`hub.push` is on but no repository is named", "set `ORG/NAME`")
+
+
+def _check_attention(name: str | None, file: str | None) -> None:
+    """`model.attn_implementation` is one the installed transformers runs: "eager", a registered attention function
+    (sdpa, flash_attention_2/3/4, flex_attention, ...) or a Hub kernel (`org/repo`, loaded by the `kernels` package).
+    Whether a flash kernel is installed is checked by transformers when the model loads, on the GPU machine."""
+    if name is None or "/" in name:
+        return
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    known = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
+    if name not in known:
+        raise RecipeError(file, "model.attn_implementation", f"{name!r} is not an attention implementation of "
+                          f"transformers (one of {', '.join(known)}, or a Hub kernel `org/repo`)",
+                          "use one of them, or drop it")
 
 
 def model_reference(name_or_path: str | None) -> str | None:

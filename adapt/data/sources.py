@@ -292,5 +292,8 @@ def read_mixture(data_section, stage: str, num_proc: int | None = None,
 def split_eval(ds: Dataset, eval_rows: int, seed: int) -> tuple[Dataset, Dataset | None]:
     if not eval_rows:
         return ds, None
+    if eval_rows >= len(ds):  # the recipe check catches it when every source gives a row count
+        raise DataError(f"data.eval_rows: {eval_rows} rows held out of a mixture of {len(ds)} leaves none to train "
+                        f"on. Fix: hold out fewer rows, or add data")
     split = ds.train_test_split(test_size=eval_rows, seed=seed)
     return split["train"], split["test"]

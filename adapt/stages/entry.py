@@ -51,10 +51,10 @@ def stage_main(stage: str, run, argv=None) -> None:
     from adapt.data.sources import DataError
     from adapt.trainers.signals import Interrupted, exit_code, interrupt_on_signals  # torch: not for `--help`
 
-    interrupt_on_signals()  # the training loop has its own handling (adapt/trainers/signals.py)
     try:
-        config = load_stage_config(stage, argv)
-        run(config)
+        with interrupt_on_signals():  # the training loop has its own handling (adapt/trainers/signals.py)
+            config = load_stage_config(stage, argv)
+            run(config)
     except DataError as e:
         sys.exit(f"error: {e}")
     except (Interrupted, KeyboardInterrupt) as e:

@@ -27,7 +27,8 @@ def check(argv) -> None:
                              check_paths=not args.skip_path_checks)
     except RecipeError as e:
         sys.exit(f"error: {e}")
-    if not args.skip_path_checks:  # a Hub model's family, from its config.json (a few KB), before anything runs
+    if not args.skip_path_checks or config.model.config is not None:
+        # the model a recipe builds, or a Hub model's family from its config.json (a few KB), before anything runs
         from adapt.stages.train import check_family
 
         check_family(config, required=False)

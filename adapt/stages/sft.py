@@ -21,9 +21,10 @@ def run(config):
     started = time.time()
     set_seed(config.seed)
     tokenizer = load_tokenizer(config.model)
-    # The data before the model: a bad row or file stops the run in seconds, not after the weights load.
+    # The model's config before the data (seconds, and a model this launch cannot build is refused at once), the
+    # data before the weights: a bad row or file stops the run in seconds, not after the weights load.
+    check_family(config, tokenizer=tokenizer)
     data = stage_data(config, tokenizer)  # built once per cache folder, memory-mapped by the other processes
-    check_family(config)  # before the weights load
     model = load_policy(config, tokenizer)
     prepare_model(model, config)
     model = add_adapters(model, config)  # LoRA when the recipe asks (peft:)

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from safetensors import SafetensorError
 
 from adapt.model.expert_slices import unwrap
+from adapt.model.shape import model_problems, recipe_config
 from adapt.runfolder import RunFolderError, claim, resume_checkpoint, write_stopped
 from adapt.stages.entry import end_processes
 from adapt.stages.experts import write_record
@@ -23,34 +24,50 @@ from adapt.trainers.signals import GracefulStop, exit_code
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
 
 
-def check_family(config, *, required: bool = True) -> None:
-    """Before any weights load: the model's family is supported and supports what the recipe asks. The recipe check
-    already did this when the family was known offline; a Hub model's config.json is fetched here (a few KB).
+def check_family(config, *, required: bool = True, tokenizer=None) -> None:
+    """Before any weights load: the model's family is supported and supports what the recipe asks, and the model its
+    config describes can be built and run on this launch (adapt/model/shape.py). The recipe check already did the
+    family part when the family was known offline; a Hub model's config.json is fetched here (a few KB).
     Exits with one line on a problem; when the config cannot be read and `required` is off (`adapt check`
     offline), says so on stderr and leaves the check to the stage."""
     from adapt.config.families import check_combination
-    from adapt.config.recipe import known_model_type, model_reference
 
-    model_type, loaded = known_model_type(config.model), config.model.config
-    if model_type is None:
-        from transformers import AutoConfig
-
-        section = config.model
-        try:
-            loaded = AutoConfig.from_pretrained(model_reference(section.name_or_path), revision=section.revision,
-                                                trust_remote_code=section.trust_remote_code)
-        except OSError as e:
-            if not required:
-                print(f"note: {section.name_or_path}'s family is not checked (its config.json is not available: "
-                      f"{str(e).splitlines()[0]}); the stage checks it before loading weights", file=sys.stderr)
-                return
-            sys.exit(f"error: {config.recipe_path}: model.name_or_path: cannot read {section.name_or_path}'s "
-                     f"config.json ({str(e).splitlines()[0]}). Fix: check the name, your network or HF_HUB_OFFLINE")
-        model_type = loaded.get_text_config().model_type
-    problem = check_combination(model_type, config.model, config.router, config.parallel, loaded)
+    section = config.model
+    try:
+        loaded, where = _model_config(section, tokenizer)
+    except OSError as e:
+        if not required:
+            print(f"note: {section.name_or_path}'s family is not checked (its config.json is not available: "
+                  f"{str(e).splitlines()[0]}); the stage checks it before loading weights", file=sys.stderr)
+            return
+        sys.exit(f"error: {config.recipe_path}: model.name_or_path: cannot read {section.name_or_path}'s "
+                 f"config.json ({str(e).splitlines()[0]}). Fix: check the name, your network or HF_HUB_OFFLINE")
+    except Exception as e:  # the family's config class refuses the values (its own exception types)
+        sys.exit(f"error: {config.recipe_path}: {where}: {' '.join(str(e).split())[:300]}. Fix: the field it names")
+    model_type = loaded.get_text_config().model_type
+    problem = check_combination(model_type, section, config.router, config.parallel, loaded)
     if problem:
         key, why, fix = problem
         sys.exit(f"error: {config.recipe_path}: {key}: {why}. Fix: {fix}")
+    problems, note = model_problems(section, loaded, f"{where}.", enforce_memory=required)
+    for key, why, fix in problems[:1]:
+        sys.exit(f"error: {config.recipe_path}: {key}: {why}. Fix: {fix}")
+    if note:
+        print(f"note: {config.recipe_path}: {where}: {note}", file=sys.stderr)
+
+
+def _model_config(section, tokenizer):
+    """The transformers config of the model a `model:` section names, and where its values come from."""
+    if section.config is not None:
+        return recipe_config(section, tokenizer), "model.config"
+    from transformers import AutoConfig
+
+    from adapt.config.recipe import model_reference
+
+    ref = model_reference(section.name_or_path)
+    where = "model.name_or_path" if ref == section.name_or_path else f"model.name_or_path (its base {ref})"
+    return AutoConfig.from_pretrained(ref, revision=section.revision, trust_remote_code=section.trust_remote_code), \
+        f"{where} config.json"
 
 
 def load_policy(config, tokenizer):

@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 import time
+from contextlib import contextmanager
 
 import torch
 from transformers import TrainerCallback
@@ -49,11 +50,18 @@ def _raise_interrupted(signum, frame):
     raise Interrupted(signum)
 
 
-def interrupt_on_signals() -> None:
-    """SIGTERM and SIGINT raise `Interrupted` (the main thread only: Python runs signal handlers there)."""
-    if threading.current_thread() is threading.main_thread():
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, _raise_interrupted)
+@contextmanager
+def interrupt_on_signals():
+    """Within: SIGTERM and SIGINT raise `Interrupted` (the main thread only: Python runs signal handlers there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, _raise_interrupted) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def exit_code(signum: int) -> int:
