@@ -56,6 +56,8 @@ def test_nan_and_inf_are_refused_in_every_numeric_field(tmp_path):
     ("training.learning_rate=-1e-5", "training.learning_rate"),
     ("training.num_train_epochs=-1 training.max_steps=-1", "training.num_train_epochs"),
     ("training.max_steps=0", "training.max_steps"),
+    ("training.max_steps=100000000000000000000", "training.max_steps"),  # 1e20 as an integer: trained "forever"
+    ("training.num_train_epochs=1e20 training.max_steps=-1", "training.num_train_epochs"),
     ("training.per_device_train_batch_size=0", "training.per_device_train_batch_size"),
     ("training.gradient_accumulation_steps=0", "training.gradient_accumulation_steps"),
     ("training.max_grad_norm=-1", "training.max_grad_norm"),
