@@ -130,7 +130,7 @@ def test_a_damaged_entry_is_rebuilt_saying_so(recipe, capsys, damage):
     damage(entry)
     again = prepared(recipe)
     assert not again.from_cache and again.cache_entry == entry and again.train.to_list() == rows
-    [note] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: ")]  # beside progress bars
+    [note] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: ")]  # not progress bars
     assert note.startswith(f"note: data.cache_dir {entry.parent}: the cached mixture {entry.name} was damaged (")
     assert note.endswith("; rebuilding it")
     assert prepared(recipe).from_cache  # the rebuilt entry is whole
