@@ -57,8 +57,8 @@ TRAJECTORY_NEUTRAL = (
     # where the same tokenized rows are kept, and how many processes build or load them (not which rows)
     "data.cache", "data.cache_dir", "training.dataset_num_proc", "training.dataloader_num_workers",
     "training.dataloader_pin_memory", "training.dataloader_persistent_workers", "training.dataloader_prefetch_factor",
-    # the process's place in a launch, not a recipe value
-    "training.local_rank",
+    # the process's place in a launch, not a recipe value; how long a signalled run may take to save its checkpoint
+    "training.local_rank", "training.stop_grace_seconds",
 )
 
 
