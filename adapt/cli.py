@@ -23,9 +23,10 @@ class Command:
 
 
 COMMANDS = (
-    Command("sft", "--config RECIPE [--overwrite] [key=value ...]", "supervised fine-tuning",
+    Command("sft", "--config RECIPE [--overwrite] [--allow-changed KEY] [key=value ...]", "supervised fine-tuning",
             "adapt.stages.entry:sft_parser", "adapt.stages.sft:main"),
-    Command("dpo", "--config RECIPE [--overwrite] [key=value ...]", "preference tuning (DPO), router losses on",
+    Command("dpo", "--config RECIPE [--overwrite] [--allow-changed KEY] [key=value ...]",
+            "preference tuning (DPO), router losses on",
             "adapt.stages.entry:dpo_parser", "adapt.stages.dpo:main"),
     Command("check", "--config RECIPE [--skip-path-checks] [key=value ...]", "validate a recipe, load nothing",
             "adapt.stages.preflight:check_parser", "adapt.stages.preflight:check"),

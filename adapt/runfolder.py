@@ -11,6 +11,13 @@ stage, `adapt eval`, `adapt push`):
   with one line naming what is missing. A run the toolkit stopped on purpose (a non-finite loss, a failed router
   audit, `router.on_collapse: stop`) leaves `stopped.json` instead, and readers give its reason. A folder with no
   run records (a plain `save_pretrained` folder, a Hub snapshot) is not a run and is taken as it is.
+
+And a resumed run continues the run its checkpoint came from. Every checkpoint holds the resolved recipe it was
+trained with (`adapt_recipe.json`, written before the Trainer's `trainer_state.json`, so a complete checkpoint has
+it); resuming compares it with the recipe given now, key by key, and refuses any change that alters the trajectory,
+in one line naming the keys, unless `--allow-changed KEY` says the change is meant (`training.max_steps` to train
+longer). Without that, a new learning rate or batch size continued the old schedule while the run's recipe.yaml
+recorded the new values.
 """
 
 from __future__ import annotations
@@ -26,6 +33,33 @@ MARKER = "run.json"
 STOPPED = "stopped.json"  # a run the toolkit stopped on purpose (router audit or collapse, non-finite loss): why
 RUN_RECORDS = ("recipe.yaml", "metrics.jsonl", "router_stats.jsonl", "data_summary.json", "experts.json", LOCK)
 WEIGHTS = (".safetensors", ".bin")
+CHECKPOINT_RECIPE = "adapt_recipe.json"  # in each checkpoint-N: the resolved recipe it was trained with
+MISSING = "(absent)"  # a key one of two compared recipes does not have
+ALLOW_ALL = "all"  # `--allow-changed all`: resume whatever changed (a checkpoint written before the recipe record)
+
+# Recipe keys (and whole sections or lists, matched as prefixes) that a resumed run may change without
+# `--allow-changed`: none of them changes which rows are trained on, in which order, or what an optimizer step
+# computes. Everything else, evaluation included (`load_best_model_at_end` picks the final weights), is compared.
+TRAJECTORY_NEUTRAL = (
+    # what happens to the folder and where it is: a checkpoint may be continued into a new run folder
+    "overwrite", "training.output_dir", "training.resume_from_checkpoint",
+    # when checkpoints are written and how many are kept
+    "training.save_strategy", "training.save_steps", "training.save_total_limit", "training.save_only_model",
+    "training.save_on_each_node",
+    # what is logged, how often and where (the loss and the router statistics are computed either way)
+    "training.logging_strategy", "training.logging_steps", "training.logging_first_step",
+    "training.logging_nan_inf_filter", "training.log_level", "training.log_level_replica", "training.log_on_each_node",
+    "training.report_to", "training.run_name", "training.project", "training.trackio_space_id",
+    "training.trackio_bucket_id", "training.trackio_static_space_id", "training.disable_tqdm",
+    "training.skip_memory_metrics", "training.include_num_input_tokens_seen",
+    # the push when the run ends
+    "hub", "training.hub_token", "training.hub_strategy", "training.hub_always_push",
+    # where the same tokenized rows are kept, and how many processes build or load them (not which rows)
+    "data.cache", "data.cache_dir", "training.dataset_num_proc", "training.dataloader_num_workers",
+    "training.dataloader_pin_memory", "training.dataloader_persistent_workers", "training.dataloader_prefetch_factor",
+    # the process's place in a launch, not a recipe value; how long a signalled run may take to save its checkpoint
+    "training.local_rank", "training.stop_grace_seconds",
+)
 
 
 class RunFolderError(RuntimeError):
@@ -83,6 +117,32 @@ def clear(folder: str | os.PathLike) -> None:
         if path.name == LOCK:
             continue
         shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask can only be read by setting it, which would let a
+    file created by another thread meanwhile get mode 0666)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return int(next(line.split()[1] for line in f if line.startswith("Umask:")), 8)
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+
+def follow_umask(folder: str | os.PathLike) -> None:
+    """Give the weights files of a folder the mode the umask gives every other file (0644 under the usual 022).
+    safetensors writes a temporary file (created 0600) and renames it into place, so `model.safetensors` came out
+    readable by its owner only while the tokenizer and config beside it were readable by all: a shared run folder
+    whose weights nobody else could load."""
+    mode = 0o666 & ~_umask()
+    for path in Path(folder).glob("*"):
+        if path.is_file() and path.name.endswith(WEIGHTS) and path.stat().st_mode & 0o777 != mode:
+            try:
+                os.chmod(path, mode)
+            except OSError:  # another user's file in a shared folder: left as it is
+                pass
 
 
 def write_marker(folder: str | os.PathLike, record: dict) -> Path:
@@ -176,7 +236,8 @@ def last_complete_checkpoint(out: Path) -> Path | None:
 
 
 def resume_checkpoint(config) -> str | None:
-    """`training.resume_from_checkpoint`: `latest` (the newest complete checkpoint in output_dir) or a folder."""
+    """`training.resume_from_checkpoint`: `latest` (the newest complete checkpoint in output_dir) or a folder,
+    trained with this recipe up to the changes `config.allow_changed` names (`--allow-changed`)."""
     ref = config.resume_from_checkpoint
     if not ref:
         return None
@@ -185,4 +246,73 @@ def resume_checkpoint(config) -> str | None:
         where = f"in {config.output_dir}" if path is None else f"at {path}"
         raise RunFolderError(f"{config.recipe_path}: training.resume_from_checkpoint: no complete checkpoint {where}; "
                              f"drop the field to start over")
+    check_same_recipe(path, config.resolved_recipe(), tuple(getattr(config, "allow_changed", ())),
+                      config.recipe_path)
     return str(path)
+
+
+def write_checkpoint_recipe(checkpoint: str | os.PathLike, recipe: dict) -> None:
+    """The resolved recipe into a checkpoint folder, before the Trainer writes the rest of it."""
+    checkpoint = Path(checkpoint)
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    (checkpoint / CHECKPOINT_RECIPE).write_text(json.dumps(recipe, indent=1, default=str) + "\n", encoding="utf-8")
+
+
+def check_same_recipe(checkpoint: Path, recipe: dict, allowed: tuple[str, ...], recipe_path: str | None) -> None:
+    """Refuse, in one line naming the keys, a resume whose recipe differs from the checkpoint's in anything but the
+    trajectory-neutral keys and the `allowed` ones."""
+    where = f"{recipe_path}: training.resume_from_checkpoint: {checkpoint}"
+    now = json.loads(json.dumps(recipe, default=str))  # the values as the record holds them (enums, paths: text)
+    keys = set(_leaves(now))
+    unknown = [key for key in allowed if key != ALLOW_ALL and not any(_covers(key, k) for k in keys)]
+    if unknown:
+        raise RunFolderError(f"{recipe_path}: --allow-changed {unknown[0]}: not a key of the recipe. Fix: name a "
+                             f"key as the error listing the changes spells it, e.g. training.max_steps")
+    if ALLOW_ALL in allowed:
+        return
+    try:
+        trained = json.loads((checkpoint / CHECKPOINT_RECIPE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        what = "no record" if isinstance(e, FileNotFoundError) else f"an unreadable record ({e})"
+        raise RunFolderError(f"{where} has {what} of the recipe it was trained with ({CHECKPOINT_RECIPE}), so a "
+                             f"changed recipe cannot be told apart. Fix: start a new run, or pass --allow-changed "
+                             f"{ALLOW_ALL} if this is the recipe it was trained with") from None
+    changes = {key: values for key, values in recipe_changes(trained, now).items()
+               if not any(_covers(pattern, key) for pattern in (*TRAJECTORY_NEUTRAL, *allowed))}
+    if changes:
+        listed = "; ".join(f"{key}: {_short(old)} -> {_short(new)}" for key, (old, new) in list(changes.items())[:6])
+        more = f"; and {len(changes) - 6} more" if len(changes) > 6 else ""
+        raise RunFolderError(f"{where} was trained with another recipe ({listed}{more}); resuming would continue its "
+                             f"trajectory under the new values. Fix: put them back, start a new run, or pass "
+                             f"--allow-changed KEY for each change you mean (e.g. --allow-changed training.max_steps)")
+
+
+def recipe_changes(trained: dict, now: dict) -> dict[str, tuple]:
+    """Dotted key (`training.learning_rate`, `data.sources[0].rows`) -> (checkpoint's value, now) where they differ."""
+    old, new = _leaves(trained), _leaves(now)
+    return {key: (old.get(key, MISSING), new.get(key, MISSING)) for key in sorted(old.keys() | new.keys())
+            if old.get(key, MISSING) != new.get(key, MISSING)}
+
+
+def _leaves(node, prefix: str = "") -> dict:
+    if isinstance(node, dict) and node:
+        out = {}
+        for key, value in node.items():
+            out.update(_leaves(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(node, list) and node:
+        out = {}
+        for i, value in enumerate(node):
+            out.update(_leaves(value, f"{prefix}[{i}]"))
+        return out
+    return {prefix: node}
+
+
+def _covers(pattern: str, key: str) -> bool:
+    """`training.max_steps` covers itself; `hub` and `data.sources` cover every key inside them."""
+    return key == pattern or key.startswith((pattern + ".", pattern + "["))
+
+
+def _short(value) -> str:
+    text = json.dumps(value) if value is not MISSING else value
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -1,7 +1,9 @@
 """The tokenized-mixture cache: an unchanged recipe reuses it without tokenizing, every input that changes the rows
-changes the key, and a build interrupted while writing never leaves an entry that looks complete."""
+changes the key, a build interrupted while writing never leaves an entry that looks complete, and a damaged entry
+is rebuilt, saying so, never loaded."""
 
 import json
+import shutil
 
 import pytest
 
@@ -95,3 +97,41 @@ def test_template_without_assistant_marks_fails_before_tokenizing(recipe):
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     with pytest.raises(DataError, match="model.chat_template.*assistant_only_loss"):
         prepare_data(config.stage, config.data, config.sequence_layout(), tokenizer)
+
+
+def _overwrite_in_place(path, start_fraction=0.5, length=64):
+    """The same number of bytes, different ones, written into the file where it is (same size, same inode)."""
+    with open(path, "r+b") as f:
+        f.seek(int(path.stat().st_size * start_fraction))
+        old = f.read(length)
+        f.seek(-len(old), 1)
+        f.write(bytes(b ^ 0xFF for b in old))
+
+
+def _arrow(entry):
+    return next((entry / "train").glob("*.arrow"))
+
+
+DAMAGE = {
+    "truncated Arrow file": lambda e: (lambda f: f.write_bytes(f.read_bytes()[: f.stat().st_size // 2]))(_arrow(e)),
+    "same-size byte overwrite": lambda e: _overwrite_in_place(_arrow(e)),
+    "bad summary JSON": lambda e: (e / "summary.json").write_text("{" * (e / "summary.json").stat().st_size),
+    "missing train/": lambda e: shutil.rmtree(e / "train"),
+    "missing state.json": lambda e: (e / "train" / "state.json").unlink(),
+    "missing record": lambda e: (e / "files.json").unlink(),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE.values(), ids=DAMAGE.keys())
+def test_a_damaged_entry_is_rebuilt_saying_so(recipe, capsys, damage):
+    first = prepared(recipe)
+    rows, entry = first.train.to_list(), first.cache_entry
+    capsys.readouterr()
+    damage(entry)
+    again = prepared(recipe)
+    assert not again.from_cache and again.cache_entry == entry and again.train.to_list() == rows
+    [note] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: ")]  # not progress bars
+    assert note.startswith(f"note: data.cache_dir {entry.parent}: the cached mixture {entry.name} was damaged (")
+    assert note.endswith("; rebuilding it")
+    assert prepared(recipe).from_cache  # the rebuilt entry is whole
+    assert [p.name for p in entry.parent.iterdir() if p.name.startswith(".")] == []  # nothing set aside is left

@@ -174,7 +174,9 @@ def test_a_resumed_run_continues_the_same_slices(tmp_path):
     raw["training"].update(save_strategy="steps", save_steps=2, max_steps=2)
     sft.run(load_recipe(write_recipe(path, yaml.safe_dump(raw))))
     raw["training"].update(max_steps=3, resume_from_checkpoint="latest")
-    resumed = sft.run(load_recipe(write_recipe(path, yaml.safe_dump(raw))))
+    config = load_recipe(write_recipe(path, yaml.safe_dump(raw)))
+    config.allow_changed = ("training.max_steps",)  # `adapt sft --allow-changed training.max_steps`
+    resumed = sft.run(config)
     a, b = whole.model.state_dict(), resumed.model.state_dict()
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
     assert (tmp_path / "cut" / "experts.json").read_text() == (tmp_path / "whole" / "experts.json").read_text()

@@ -156,6 +156,9 @@ def test_one_wrong_prompt_is_named_rows_without_prompt_are_not_checked(shared, t
     (-1, "line 2: item_id -1 is out of range for gsm8k (1319 items: 0..1318)"),
     (0, "line 2: item_id 0 of gsm8k is given twice, on lines 1 and 2"),
     ("x", "line 2: item_id must be an integer, got 'x' (see eval/README.md)"),
+    ("1", "line 2: item_id must be an integer, got '1' (see eval/README.md)"),  # was taken as item 1
+    (1.0, "line 2: item_id must be an integer, got 1.0 (see eval/README.md)"),
+    (True, "line 2: item_id must be an integer, got True (see eval/README.md)"),
 ])
 def test_bad_item_ids_are_one_line_errors(shared, tmp_path, capsys, item_id, message):
     preds = write_predictions(tmp_path / "p.jsonl", [{"item_id": 0, "completion": "The answer is 18."},

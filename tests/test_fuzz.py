@@ -83,6 +83,29 @@ def test_adapt_check_never_shows_a_traceback(tmp_path, capsys, name, recipe):
     assert capsys.readouterr().out.startswith("ok: ")
 
 
+@pytest.mark.parametrize("value", [False, [], 0, "x"], ids=repr)
+@pytest.mark.parametrize("section", [*VALID.keys() - {"stage"}])
+def test_a_section_that_is_not_a_mapping_is_refused_not_defaulted(tmp_path, capsys, section, value):
+    """`router: false` once meant the default router weights (0.01, 0.001), recorded as if asked for."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({**VALID, section: value}).replace("OUT", str(tmp_path / "out")))
+    with pytest.raises(SystemExit) as e:
+        adapt(["check", "--config", str(path)])
+    assert str(e.value.code).startswith(f"error: {path}: {section}: must be a mapping")
+
+
+@pytest.mark.parametrize("override", ["training={output_dir: elsewhere, max_steps: 1}", "router={}",
+                                      "router=false", "data=null"])
+def test_an_override_that_replaces_a_whole_section_is_refused(tmp_path, override):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(VALID).replace("OUT", str(tmp_path / "out")))
+    with pytest.raises(SystemExit) as e:
+        adapt(["check", "--config", str(path), override])
+    section = override.split("=")[0]
+    assert str(e.value.code) == (f"error: {path}: {section}: an override replaces one key; this one would replace "
+                                 f"the whole section. Fix: override its keys one by one, e.g. `{section}.KEY=VALUE`")
+
+
 # ------------------------------------------------------------------------------------------------------- data
 
 MESSAGES = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}

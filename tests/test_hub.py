@@ -224,6 +224,29 @@ def test_a_persistent_failure_ends_in_one_line_after_the_retries(runs, hub, monk
         push_run(runs["dpo"], "org/down")
 
 
+def test_retries_stop_at_the_time_budget_and_say_so(monkeypatch):
+    """Every upload failing, each attempt taking 23 s (huggingface_hub's own five retries): once took 313 s."""
+    import types
+
+    import httpx2
+
+    clock = [0.0]
+    monkeypatch.setattr(push_module, "time", types.SimpleNamespace(
+        monotonic=lambda: clock[0], sleep=lambda s: clock.__setitem__(0, clock[0] + s)))
+    started = []
+
+    def upload():
+        started.append(clock[0])
+        clock[0] += 23
+        raise httpx2.ConnectError("connection reset by peer")
+
+    with pytest.raises(PublishError) as e:
+        push_module._hub_call(upload, "org/down", 0.0)
+    assert started == [0, 24, 49] and clock[0] <= push_module.RETRY_BUDGET_S + 23  # waits 1, 2; then 72 s + 4 > 60
+    assert str(e.value).startswith("the Hub could not take the push to org/down after 3 attempts in 72 s (no retry "
+                                   "starts after 60 s; connection reset by peer); nothing was committed. Fix: ")
+
+
 @pytest.mark.parametrize("token, status, fix", [("hf_wrong", "401", "hf auth login"),
                                                  ("hf_test_read", "403", "write access")])
 def test_auth_errors_are_one_clear_line_and_commit_nothing(runs, hub, monkeypatch, token, status, fix):

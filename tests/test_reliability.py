@@ -56,6 +56,8 @@ def test_nan_and_inf_are_refused_in_every_numeric_field(tmp_path):
     ("training.learning_rate=-1e-5", "training.learning_rate"),
     ("training.num_train_epochs=-1 training.max_steps=-1", "training.num_train_epochs"),
     ("training.max_steps=0", "training.max_steps"),
+    ("training.max_steps=100000000000000000000", "training.max_steps"),  # 1e20 as an integer: trained "forever"
+    ("training.num_train_epochs=1e20 training.max_steps=-1", "training.num_train_epochs"),
     ("training.per_device_train_batch_size=0", "training.per_device_train_batch_size"),
     ("training.gradient_accumulation_steps=0", "training.gradient_accumulation_steps"),
     ("training.max_grad_norm=-1", "training.max_grad_norm"),
@@ -223,3 +225,75 @@ def test_an_unwritable_output_dir_is_one_line(tmp_path):
     with pytest.raises(RunFolderError, match="cannot write the run folder") as info:  # and when the stage claims it
         RunLock(tmp_path / "a-file" / "run").acquire()
     assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------------------------- resuming with another recipe
+
+@pytest.fixture(scope="module")
+def checkpointed(tmp_path_factory):
+    """A finished one-step run with its step-1 checkpoint (and the recipe that made it)."""
+    from adapt.stages import sft
+
+    tmp = tmp_path_factory.mktemp("resume")
+    recipe = tiny(tmp, rows=8, steps=1)
+    sft.main(["--config", str(recipe), "training.save_strategy=steps", "training.save_steps=1"])
+    return recipe, tmp / "run"
+
+
+def _resume(recipe, *args):
+    """`adapt sft` resuming from the latest checkpoint, in process: None when it ran, else its exit message."""
+    from adapt.stages import sft
+
+    try:
+        sft.main(["--config", str(recipe), "training.save_strategy=steps", "training.save_steps=1",
+                  "training.resume_from_checkpoint=latest", *args])
+    except SystemExit as e:
+        return str(e.code)
+    return None
+
+
+@pytest.mark.parametrize("change, key", [
+    ("training.learning_rate=0.02", "training.learning_rate"),
+    ("training.lr_scheduler_type=cosine", "training.lr_scheduler_type"),
+    ("training.per_device_train_batch_size=4", "training.per_device_train_batch_size"),
+    ("training.max_length=40", "training.max_length"),
+    ("data.sources.0.rows=9", "data.sources[0].rows"),
+    ("router.load_balancing_weight=0.1", "router.load_balancing_weight"),
+    ("model.config.hidden_size=64", "model.config.hidden_size"),  # was a `size mismatch` traceback
+    ("training.max_steps=2", "training.max_steps"),  # even this one is said: the schedule's length changes
+])
+def test_a_resume_with_a_changed_recipe_is_refused_naming_the_key(checkpointed, change, key):
+    recipe, run = checkpointed
+    before = sorted(p.name for p in run.rglob("*"))
+    message = _resume(recipe, change)
+    assert message.startswith(f"error: {recipe}: training.resume_from_checkpoint: {run / 'checkpoint-1'} was trained "
+                              f"with another recipe ({key}: ") and "\n" not in message
+    assert "Fix: " in message and "--allow-changed KEY" in message
+    assert sorted(p.name for p in run.rglob("*")) == before  # refused before anything was written
+
+
+def test_a_resume_continues_with_the_changes_allowed(checkpointed, tmp_path):
+    recipe, run = checkpointed
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    here = [f"training.output_dir={copy}"]  # where the run is written may change freely, so may logging
+    assert _resume(recipe, *here, "--allow-changed", "training.max_step").startswith(
+        f"error: {recipe}: --allow-changed training.max_step: not a key of the recipe. Fix: ")
+    # a model shape let through is still one line, from the weights, and nothing is trained
+    message = _resume(recipe, *here, "model.config.hidden_size=64", "--allow-changed", "model.config")
+    assert message.startswith(f"error: {copy / 'checkpoint-1'}: the checkpoint is not of the model this run trains ("
+                              ) and "in the checkpoint and [" in message and "\n" not in message
+    (copy / "checkpoint-1" / "adapt_recipe.json").rename(copy / "saved-recipe.json")  # a checkpoint of an older adapt
+    assert "has no record of the recipe it was trained with" in _resume(recipe, *here)
+    (copy / "saved-recipe.json").rename(copy / "checkpoint-1" / "adapt_recipe.json")
+    assert _resume(recipe, *here, "training.logging_steps=2", "training.max_steps=2",
+                   "--allow-changed", "training.max_steps") is None
+    logged = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "loss" in r] == [1, 2]  # step 1 from the first run, step 2 resumed
+
+
+def test_saved_weights_follow_the_umask_like_every_other_file(checkpointed):
+    _, run = checkpointed
+    for folder in (run, run / "checkpoint-1"):
+        modes = {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir() if p.is_file()}
+        assert modes["model.safetensors"] == modes["config.json"], modes  # safetensors wrote 0600

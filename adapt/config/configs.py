@@ -69,6 +69,9 @@ class _AdaptSections:
     stop_grace_seconds: float = field(default=25.0, metadata={"training_key": True})
     # The file the recipe was read from (for messages and the resolved copy); not a recipe key.
     recipe_path: str | None = field(default=None, metadata={"recipe_key": False})
+    # Recipe keys a resumed run may change from its checkpoint's (`adapt sft|dpo --allow-changed KEY`, checked by
+    # adapt/runfolder.py `check_same_recipe`); a command-line flag, not a recipe key.
+    allow_changed: tuple[str, ...] = field(default=(), metadata={"recipe_key": False})
 
     def training_dict(self) -> dict[str, Any]:
         """The TRL/transformers fields only, JSON-serialisable (enums as values, tokens hidden)."""

@@ -12,10 +12,14 @@ from typing import Any
 
 from adapt.config.checks import RecipeError, suggest
 
+# More optimizer steps than any run takes (OLMoE's pretraining took about 1.2 million): a count beyond it is a typo or
+# an overflow (`max_steps: 100000000000000000000` trained "forever" with exit code 0 at the end of the allocation).
+MAX_STEPS = 10**9
+
 # training key -> (lowest, lowest allowed?, highest, highest allowed?): the range a value must fall in.
 TRAINING_RANGES = {
     "learning_rate": (0.0, False, 1.0, True),
-    "num_train_epochs": (0.0, False, math.inf, False),
+    "num_train_epochs": (0.0, False, float(MAX_STEPS), True),  # at least one step per epoch: the same bound
     "per_device_train_batch_size": (1, True, math.inf, False),
     "per_device_eval_batch_size": (1, True, math.inf, False),
     "gradient_accumulation_steps": (1, True, math.inf, False),
@@ -65,9 +69,9 @@ def check_ranges(stage: str, sections: dict[str, Any], training: dict[str, Any],
             raise RecipeError(file, f"training.{key}", f"must be {_describe(*bounds)}, got {value!r}",
                               "give a value in range")
     steps = training.get("max_steps", -1)
-    if steps is not None and steps != -1 and steps < 1:
-        raise RecipeError(file, "training.max_steps", f"must be -1 (train for num_train_epochs) or >= 1, got {steps}",
-                          "give a number of optimizer steps, or drop it")
+    if steps is not None and steps != -1 and not 1 <= steps <= MAX_STEPS:
+        raise RecipeError(file, "training.max_steps", f"must be -1 (train for num_train_epochs) or from 1 to "
+                          f"{MAX_STEPS:,}, got {steps}", "give a number of optimizer steps, or drop it")
     router = sections["router"]
     for key, bounds in ROUTER_RANGES.items():
         value = getattr(router, key)

@@ -30,7 +30,8 @@ from adapt.config.sections import (
     DataSource,
 )
 
-TOP_LEVEL_KEYS = ("stage", *SECTION_TYPES, "training", "overwrite")
+SECTIONS = (*SECTION_TYPES, "training")
+TOP_LEVEL_KEYS = ("stage", *SECTIONS, "overwrite")
 
 # Keys that older recipes (open-instruct, transformers 4, TRL < 1) use and today's libraries renamed.
 RENAMED_TRAINING_KEYS = {
@@ -108,8 +109,10 @@ def build_config(raw: dict[str, Any], file: str | None = None, *, check_paths: b
     if not isinstance(raw.get("overwrite", False), bool):
         raise RecipeError(file, "overwrite", "must be true or false")
 
-    sections = {name: _section(raw.get(name) or {}, cls, name, file) for name, cls in SECTION_TYPES.items()}
-    training = _training(raw.get("training") or {}, TRL_CONFIGS[recipe_stage], STAGE_CONFIGS[recipe_stage], file)
+    # An absent or empty (`router:`) section takes the defaults; `router: false` or `router: []` is refused below,
+    # never read as "no router section" (its defaults would train while the recipe seemed to turn the losses off).
+    sections = {name: _section(_or_empty(raw.get(name)), cls, name, file) for name, cls in SECTION_TYPES.items()}
+    training = _training(_or_empty(raw.get("training")), TRL_CONFIGS[recipe_stage], STAGE_CONFIGS[recipe_stage], file)
     check_ranges(recipe_stage, sections, training, file)
     _check_contradictions(recipe_stage, sections, training, file)
     _check_family(sections, file)
@@ -149,6 +152,10 @@ def _finished(stage: str, sections: dict[str, Any], training: dict[str, Any], ra
     return dict(training, stage=stage, overwrite=raw.get("overwrite", False), recipe_path=file, **sections)
 
 
+def _or_empty(section: Any) -> Any:
+    return {} if section is None else section
+
+
 # ----------------------------------------------------------------------------------------------------------- reading
 
 def _apply_override(raw: dict[str, Any], item: str, file: str) -> None:
@@ -162,6 +169,10 @@ def _apply_override(raw: dict[str, Any], item: str, file: str) -> None:
         value = text
     node: Any = raw
     parts = dotted.strip().split(".")
+    if len(parts) == 1 and parts[0] in SECTIONS:
+        # `training={...}` would drop every key of the file's section that the value does not repeat
+        raise RecipeError(file, dotted, "an override replaces one key; this one would replace the whole section",
+                          f"override its keys one by one, e.g. `{parts[0]}.KEY=VALUE`")
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
         if isinstance(node, list):  # `data.sources.0.rows=100` addresses the first source

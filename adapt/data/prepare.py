@@ -86,7 +86,11 @@ def prepare_data(stage: str, data: DataSection, layout: SequenceLayout, tokenize
             entry = cache.save_entry(cache_dir, key, train, held_out, summary, num_proc=layout.num_proc)
         memo.save()
         log.info("data: tokenized mixture %s written to the cache (%s)", key, entry)
-        return PreparedData(*cache.load_entry(cache_dir, key), cache_entry=entry)  # memory-mapped from the entry
+        written = cache.load_entry(cache_dir, key)  # memory-mapped from the entry
+        if written is None:  # damaged between the write and the load: another process's doing; said on stderr
+            raise DataError(f"data.cache_dir {cache_dir}: the mixture just written to {entry} could not be loaded "
+                            f"back. Fix: run again, or point data.cache_dir at a folder no other process writes")
+        return PreparedData(*written, cache_entry=entry)
     finally:
         if use_cache:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapt.hub.weights import tensor_headers
+from adapt.runfolder import follow_umask
 
 MODEL_FILES = ("config.json", "generation_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -181,6 +182,7 @@ def _reshard(single: Path, out: Path, max_shard_size: str) -> None:
         metadata = f.metadata() or {"format": "pt"}
         for filename, names in split.filename_to_tensors.items():
             save_file({name: f.get_tensor(name) for name in names}, str(out / filename), metadata=metadata)
+    follow_umask(out)  # the new shards only: nothing else is in `out` yet (a placed file is the run's own, linked)
     index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
     (out / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
@@ -198,6 +200,7 @@ def _merge_lora(run: Path, out: Path, max_shard_size: str) -> None:
     except LoraSetupError as e:
         raise PublishError(str(e)) from None
     merged.save_pretrained(str(out), max_shard_size=max_shard_size)
+    follow_umask(out)  # safetensors writes its files 0600; `out` holds only the merged model's files yet
     if any((run / name).is_file() for name in TOKENIZER_FILES):
         return  # the run's own tokenizer is placed with the other files
     if Path(base).is_dir():  # a local base: its tokenizer files if it has them (from_pretrained would invent one)

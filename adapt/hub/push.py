@@ -21,6 +21,9 @@ from adapt.hub.folder import WHATS, Folder, FolderOptions, PublishError, build_f
 
 RETRIES = 5
 RETRY_BASE_S = 1.0  # waits 1, 2, 4, 8, 16 s
+# No retry starts after this many seconds of trying. huggingface_hub retries each request itself (5 times, up to 23 s),
+# so six attempts of a push whose every upload failed took 313 s before this said so.
+RETRY_BUDGET_S = 60.0
 TRANSIENT_STATUS = {429, 500, 502, 503, 504}
 KEEP_REMOTE = {".gitattributes"}  # the Hub's own file: which paths are LFS; never deleted
 AUTH_FIX = "set HF_TOKEN to a token with write access, or run `hf auth login`"
@@ -64,9 +67,9 @@ def push_run(run_dir: str | Path, repo_id: str, *, private: bool = False, revisi
     staging = _staging_dir(run)
     try:
         folder = build_folder(run, staging, repo_id, options or FolderOptions())
-        api, branch = HfApi(token=token), revision or "main"
-        new_branch = _hub_call(lambda: _ensure_branch(api, repo_id, branch, private), repo_id)
-        return _hub_call(lambda: _commit(api, folder, repo_id, branch, private, force, new_branch), repo_id)
+        api, branch, started = HfApi(token=token), revision or "main", time.monotonic()
+        new_branch = _hub_call(lambda: _ensure_branch(api, repo_id, branch, private), repo_id, started)
+        return _hub_call(lambda: _commit(api, folder, repo_id, branch, private, force, new_branch), repo_id, started)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -174,8 +177,9 @@ def _transient(error: BaseException) -> bool:
     return False
 
 
-def _hub_call(fn, repo_id: str):
-    """`fn()` with retries and exponential backoff on transient errors; any other Hub error becomes one line."""
+def _hub_call(fn, repo_id: str, started: float):
+    """`fn()` with retries and exponential backoff on transient errors, none started later than `RETRY_BUDGET_S`
+    after `started` (the push's start); any other Hub error becomes one line."""
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     for attempt in range(RETRIES + 1):
@@ -185,14 +189,16 @@ def _hub_call(fn, repo_id: str):
             raise PublishError("HF_HUB_OFFLINE is set: unset it to push (or write the folder with --dry-run)") from None
         except Exception as e:
             if _transient(e):
-                if attempt < RETRIES:
-                    wait = RETRY_BASE_S * 2 ** attempt
+                wait = RETRY_BASE_S * 2 ** attempt
+                elapsed = time.monotonic() - started
+                if attempt < RETRIES and elapsed + wait <= RETRY_BUDGET_S:
                     print(f"adapt push: transient error ({_first_line(e)}); retry {attempt + 1}/{RETRIES} in "
                           f"{wait:g}s", file=sys.stderr)
                     time.sleep(wait)
                     continue
-                raise PublishError(f"the Hub could not take the push to {repo_id} after {RETRIES + 1} attempts "
-                                   f"({_first_line(e)}); nothing was committed. Fix: check the network or the Hub's "
+                raise PublishError(f"the Hub could not take the push to {repo_id} after {attempt + 1} attempts in "
+                                   f"{elapsed:.0f} s (no retry starts after {RETRY_BUDGET_S:g} s; "
+                                   f"{_first_line(e)}); nothing was committed. Fix: check the network or the Hub's "
                                    f"status, then run the same command again (a push is one commit, so a retry "
                                    f"never commits twice)") from None
             if isinstance(e, HfHubHTTPError):

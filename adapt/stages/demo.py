@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from adapt.runfolder import follow_umask
+
 DEFAULT_SFT = "recipes/demo/sft.yaml"
 DEFAULT_DPO = "recipes/demo/dpo.yaml"
 
@@ -42,6 +44,7 @@ def save_base(sft_config, out: Path):
     tokenizer = load_tokenizer(sft_config.model)
     base = load_model(sft_config.model, tokenizer, seed=sft_config.seed)
     base.save_pretrained(out / "base")
+    follow_umask(out / "base")  # safetensors writes its files 0600
     tokenizer.save_pretrained(out / "base")
     return base, tokenizer
 

@@ -17,6 +17,11 @@ def stage_parser(stage: str) -> argparse.ArgumentParser:
         epilog="Overrides: `section.key=value`, e.g. training.learning_rate=1e-4 router.z_loss_weight=0")
     parser.add_argument("--config", required=True, help="recipe YAML (recipes/...)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder at output_dir")
+    if stage in ("sft", "dpo"):  # the training stages, which resume
+        parser.add_argument("--allow-changed", action="append", default=[], metavar="KEY",
+                            help="resuming (training.resume_from_checkpoint): accept this recipe key differing from "
+                                 "the checkpoint's, e.g. training.max_steps to train longer (repeatable; a section "
+                                 "or list name covers the keys inside it)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides on top of the file")
     return parser
 
@@ -35,14 +40,31 @@ def load_stage_config(stage: str, argv=None):
     from adapt.config.recipe import build_config, read_recipe
     from adapt.parallel.launch import prepare_launch
 
-    args = stage_parser(stage).parse_args(argv)
+    args = stage_parser(stage).parse_intermixed_args(argv)  # `--allow-changed K` may come after the overrides
     overrides = list(args.overrides) + (["overwrite=true"] if args.overwrite else [])
     try:
         raw = read_recipe(args.config, overrides)
         parallel = raw.get("parallel") if isinstance(raw.get("parallel"), dict) else {}
         prepare_launch(uses_deepspeed=bool(parallel.get("deepspeed")))  # before TRL's config reads the process state
-        return build_config(raw, args.config, stage=stage)
+        config = build_config(raw, args.config, stage=stage)
     except RecipeError as e:
+        sys.exit(f"error: {e}")
+    _check_resume(config, args.allow_changed)
+    return config
+
+
+def _check_resume(config, allow_changed: list[str]) -> None:
+    """A resumed run's recipe against its checkpoint's, before the data and the model load (the stage checks it
+    again when it resumes)."""
+    from adapt.runfolder import RunFolderError, resume_checkpoint
+
+    if allow_changed and not config.resume_from_checkpoint:
+        sys.exit(f"error: --allow-changed {allow_changed[0]}: accepts a change from a checkpoint's recipe, and this "
+                 f"run does not resume. Fix: drop it, or set training.resume_from_checkpoint")
+    config.allow_changed = tuple(allow_changed)
+    try:
+        resume_checkpoint(config)
+    except RunFolderError as e:
         sys.exit(f"error: {e}")
 
 

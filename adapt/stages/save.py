@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from adapt.runfolder import RunFolderError, write_marker
+from adapt.runfolder import RunFolderError, follow_umask, write_marker
 
 
 def save_run(trainer, config, tokenizer, started: float, data_summary: dict | None = None) -> Path:
@@ -29,6 +29,7 @@ def save_run(trainer, config, tokenizer, started: float, data_summary: dict | No
     _save_weights(trainer, config, out)
     if not trainer.accelerator.is_main_process:
         return out
+    follow_umask(out)  # safetensors writes its files 0600
     tokenizer.save_pretrained(str(out))
     with open(out / "recipe.yaml", "w", encoding="utf-8") as f:
         f.write("".join(f"# {line}\n" for line in textwrap.wrap(config.router_loss_scale(), 116)))

@@ -7,8 +7,8 @@ code `adapt eval` runs. Before lm-eval runs, the predictions file is checked row
 line naming the file and line (`RescoreError`): lm-eval itself only fails an assertion on a bad item id, and it
 would score everything else without a word, against whatever item a row happens to land on. The checks, in order:
 
-- each line is a JSON object with an integer `item_id` and `completion` / `completions` (AlpacaEval: or a
-  `preference`), of a (sub)task the suite task has;
+- each line is a JSON object with an integer `item_id` (a JSON integer: not "0", not 0.0) and `completion` /
+  `completions` (AlpacaEval: or a `preference`), of a (sub)task the suite task has;
 - the item id is within that (sub)task's data, and no item is given twice;
 - a row's `prompt`, when it has one, contains the item's own text as lm-eval builds it (`doc_to_text`, whitespace
   collapsed). Containment, not equality: the stored prompt went through the model's chat template, with the
@@ -138,9 +138,11 @@ def read_predictions(path: str | Path, task: str, benchmark: str) -> list[Predic
 
 
 def _prediction(where: str, n: int, row: dict, task: str, benchmark: str) -> Prediction:
-    item_id = _as_int(row.get("item_id"))
-    if item_id is None:
-        raise RescoreError(f"{where}: item_id must be an integer, got {row.get('item_id')!r} (see eval/README.md)")
+    item_id = row.get("item_id")
+    # The benchmark's ids are JSON integers (samples.jsonl writes them so). "0" or 0.0 is not one: taken as 0, a
+    # file of text or float ids, from another tool's numbering, was scored against whatever items the numbers hit.
+    if not isinstance(item_id, int) or isinstance(item_id, bool):
+        raise RescoreError(f"{where}: item_id must be an integer, got {item_id!r} (see eval/README.md)")
     texts = row.get("completions") or ([row["completion"]] if "completion" in row else [])
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
         raise RescoreError(f"{where}: `completion` must be a string and `completions` a list of strings")
@@ -157,19 +159,6 @@ def _prediction(where: str, n: int, row: dict, task: str, benchmark: str) -> Pre
     elif not texts:
         raise RescoreError(f"{where}: needs `completion` or `completions` (see eval/README.md)")
     return prediction
-
-
-def _as_int(value: Any) -> int | None:
-    """An item id: an int, an integral float (3.0) or a string of digits; anything else is None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    return None
 
 
 # ---- checks against the task's data --------------------------------------------------------------------------
