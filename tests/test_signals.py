@@ -106,7 +106,9 @@ def test_sigint_and_sigterm_checkpoints_resume_the_same_trajectory_one_process(t
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the runs had (OMP_NUM_THREADS=1): another split of a sum rounds differently
     try:
-        sft.run(load_recipe(tmp_path / "a.yaml", resume))
+        config = load_recipe(tmp_path / "a.yaml", resume)
+        config.allow_changed = ("training.max_steps",)  # `--allow-changed training.max_steps`: B's stop step
+        sft.run(config)
     finally:
         torch.set_num_threads(threads)
     assert json.loads((tmp_path / "a" / "run.json").read_text())["global_step"] == b_step
@@ -129,7 +131,8 @@ def test_sigterm_and_sigint_to_two_processes_stop_both_at_one_step_and_resume(tm
     code, stderr = _signal_at(late, tmp_path / "b", a_step + 2, signal.SIGINT)
     b_step = _check_stopped(tmp_path / "b", code, stderr, signal.SIGINT)
 
-    resume = _start(tmp_path / "a.yaml", 2, "training.resume_from_checkpoint=latest", f"training.max_steps={b_step}")
+    resume = _start(tmp_path / "a.yaml", 2, "training.resume_from_checkpoint=latest", f"training.max_steps={b_step}",
+                    "--allow-changed", "training.max_steps")
     _, stderr = resume.communicate(timeout=300)
     assert resume.returncode == 0, stderr[-3000:]
     a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")

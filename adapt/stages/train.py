@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
 import signal
 import sys
 from contextlib import contextmanager
@@ -172,9 +173,14 @@ def train_and_save(trainer, config, tokenizer, started: float, data_summary: dic
 
 
 def resume_hint(config) -> str:
-    """The command that continues a stopped run from its newest checkpoint."""
-    recipe = f" --config {config.recipe_path}" if config.recipe_path else ""
-    return f"`adapt {config.stage}{recipe} training.resume_from_checkpoint=latest`"
+    """The command that continues a stopped run from its newest checkpoint: this one's arguments (the resume refuses
+    a changed recipe, so its overrides must come again), without --overwrite, plus the resume."""
+    args = sys.argv[1:]
+    args = args[1:] if args[:1] == [config.stage] else args  # `adapt sft ...` or `python -m adapt.stages.sft ...`
+    args = [a for a in args if a != "--overwrite" and not a.startswith("training.resume_from_checkpoint=")]
+    if "--config" not in args:  # called in-process (a notebook, a test): the recipe alone
+        args = ["--config", str(config.recipe_path)]
+    return f"`adapt {config.stage} {shlex.join(args)} training.resume_from_checkpoint=latest`"
 
 
 def _graceful_stop(trainer, config, is_main: bool) -> GracefulStop:
