@@ -209,6 +209,69 @@ def check_complete(folder: str | os.PathLike) -> None:
         raise RunFolderError(f"{folder}: incomplete run folder: {reason}")
 
 
+# ------------------------------------------------------------------------------------------ what the weights hold
+MAX_HEADER = 100 * 2**20  # safetensors' own limit on a header
+
+
+def weights_problem(folder: str | os.PathLike, *, values: bool = True) -> str | None:
+    """Why a folder's safetensors files cannot be read as they claim, or None. The header (8 bytes of length, then
+    JSON) must parse and describe exactly the bytes that follow it: a truncated or extended file, or a corrupt header,
+    is named before a loader fails on it with a traceback. With `values`, every floating tensor is read once and must
+    be finite: bytes overwritten in place keep the size and the header, and would be exported or scored as NaN."""
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 0 < length <= min(MAX_HEADER, size - 8):
+                return f"{path.name}: not a safetensors file (its {size} bytes hold no readable header)"
+            try:
+                header = json.loads(f.read(length))
+                end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"),
+                          default=0)
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+                return f"{path.name}: its safetensors header is corrupt"
+        if 8 + length + end != size:
+            return (f"{path.name}: its header describes {8 + length + end} bytes but the file has {size} (truncated "
+                    f"or overwritten)")
+    bad = non_finite_tensors(folder) if values else []
+    if bad:
+        return f"the weights hold NaN or inf values ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})"
+    return None
+
+
+def non_finite_tensors(folder: str | os.PathLike) -> list[str]:
+    """Names of the saved tensors (every safetensors file of the folder) holding NaN or inf."""
+    import torch
+    from safetensors import safe_open
+
+    bad = []
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                tensor = f.get_tensor(name)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    bad.append(name)
+    return bad
+
+
+def unusable_reason(folder: str | os.PathLike) -> str | None:
+    """Why a model folder must not be read by export, evaluation, analysis or publishing: an incomplete run, or
+    weights that are not what they claim or not finite. None for a usable folder (a run or a plain model folder)."""
+    return incomplete_reason(folder) or weights_problem(folder)
+
+
+def local_model_problem(ref: str) -> str | None:
+    """For a model reference that names a local folder that is not there: the message. A Hub id (`org/name`) is left
+    to the Hub; a path (`./x`, `/x`, `~/x`, `runs/demo/sft`, or `a/b` where `a` exists here) is not a Hub id."""
+    path = Path(os.path.expanduser(ref))
+    if path.exists():
+        return None if path.is_dir() else f"{ref} is a file; give a model folder or a Hub id"
+    slashes = ref.count("/")
+    looks_local = ref.startswith((".", "/", "~")) or slashes > 1 or (slashes == 1 and path.parent.is_dir())
+    return f"no such folder {ref}" if looks_local else None
+
+
 def claim(config, is_main: bool) -> RunLock | None:
     """Claim a stage's run folder: lock it (a second run to the same folder is refused while this one lives), then
     replace an existing run only when the recipe says `overwrite` (checked again here because the folder may have

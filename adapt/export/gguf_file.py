@@ -68,16 +68,18 @@ def check_export(run: Path, outfile: Path, type_: str, force: bool) -> ExportPla
     from transformers import AutoConfig, AutoTokenizer
 
     from adapt.model.lora import is_adapter_folder, root_base
-    from adapt.runfolder import incomplete_reason
+    from adapt.runfolder import unusable_reason
 
     if type_ not in TYPES and type_ not in KQUANTS and type_ != "auto":
         raise ExportError(f"--type {type_}: choose one of auto, {', '.join([*TYPES, *KQUANTS])}")
     require_quantizer(type_)
     if not run.is_dir():
         raise ExportError(f"{run}: no such run folder")
-    reason = incomplete_reason(run)
+    reason = unusable_reason(run)  # an incomplete run, corrupt or truncated weights, NaN values
     if reason:
-        raise ExportError(f"{run}: incomplete run folder, nothing exported: {reason}")
+        raise ExportError(f"{run}: cannot be exported: {reason}")
+    if outfile.is_dir():
+        raise ExportError(f"{outfile} is a folder; give --outfile a file path (e.g. {outfile / 'model.gguf'})")
     if outfile.exists() and not force:
         raise ExportError(f"{outfile} exists; choose another --outfile or pass --force to replace it")
     source = root_base(str(run)) if is_adapter_folder(str(run)) else str(run)

@@ -68,6 +68,8 @@ def export_ollama(run_dir: str | Path, output: str | Path, type_: str = "auto",
     from adapt.export.gguf_file import check_export, write_gguf
 
     run, folder = Path(run_dir), Path(output)
+    if folder.exists() and not folder.is_dir():
+        raise ExportError(f"--output {folder} is a file; give a new or empty folder (nothing was overwritten)")
     if folder.exists() and any(folder.iterdir()):
         raise ExportError(f"{folder} exists and is not empty; choose a new --output (nothing was overwritten)")
     plan = check_export(run, folder / "model.gguf", type_, force=False)

@@ -56,15 +56,15 @@ def build_folder(run_dir: str | Path, out: str | Path, repo_id: str, options: Fo
     """Write the publishable folder for `run_dir` into `out` (new or empty): weights, config, tokenizer with its chat
     template, the run's records, evaluation results and the model card (README.md, with its PNG figures)."""
     from adapt.hub.card import write_card
-    from adapt.runfolder import incomplete_reason
+    from adapt.runfolder import unusable_reason
     from adapt_eval.suite import model_fingerprint
 
     run, out = Path(run_dir), Path(out)
     if not run.is_dir():
         raise PublishError(f"{run}: no such run folder")
-    reason = incomplete_reason(run)
+    reason = unusable_reason(run)  # an incomplete run, corrupt or truncated weights, NaN values
     if reason:
-        raise PublishError(f"{run}: incomplete run folder, nothing published: {reason}")
+        raise PublishError(f"{run}: cannot be published: {reason}")
     if out.exists() and any(out.iterdir()):
         raise PublishError(f"{out} exists and is not empty; choose a new folder (nothing was overwritten)")
     out.mkdir(parents=True, exist_ok=True)

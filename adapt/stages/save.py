@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from adapt.runfolder import RunFolderError, follow_umask, write_marker
+from adapt.runfolder import RunFolderError, follow_umask, non_finite_tensors, write_marker
 
 
 def save_run(trainer, config, tokenizer, started: float, data_summary: dict | None = None) -> Path:
@@ -60,21 +60,6 @@ def save_run(trainer, config, tokenizer, started: float, data_summary: dict | No
                  f"{', ...' if len(bad) > 3 else ''}); the run is not marked complete")
     write_marker(out, record)  # last: its presence says the folder is complete (adapt/runfolder.py)
     return out
-
-
-def non_finite_tensors(folder: Path) -> list[str]:
-    """Names of the saved tensors (every safetensors file of the folder) holding NaN or inf."""
-    import torch
-    from safetensors import safe_open
-
-    bad = []
-    for path in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as f:
-            for name in f.keys():
-                tensor = f.get_tensor(name)
-                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                    bad.append(name)
-    return bad
 
 
 def _save_weights(trainer, config, out: Path) -> None:

@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from adapt.runfolder import local_model_problem, unusable_reason
+
 CODE_BENCHMARKS = ("humaneval", "mbpp")  # their model-written programs run in eval/adapt_eval/sandbox.py
 
 
@@ -61,6 +63,30 @@ def _check_output(out: Path, model: str, overwrite: bool) -> None:
         shutil.rmtree(out)
 
 
+def check_output_folder(flag: str, out: Path) -> None:
+    """An output folder argument that names an existing file (or sits under one) is refused before any work."""
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ValueError(f"{flag} {out}: {existing} is a file; give a folder path")
+
+
+def check_output_file(flag: str, path: Path) -> None:
+    """An output file argument that names a folder, or a path under a file, is refused before any work."""
+    if path.is_dir():
+        raise ValueError(f"{flag} {path}: is a folder; give a file path (e.g. {path / 'items.jsonl'})")
+    check_output_folder(flag, path.parent)
+
+
+def check_model_input(flag: str, ref: str) -> None:
+    """A model named on the command line: a local folder that exists, is not an incomplete run, and holds weights that
+    are what they claim and finite (adapt.runfolder.unusable_reason); a Hub id is left to the Hub."""
+    problem = local_model_problem(ref)
+    if problem is None and Path(os.path.expanduser(ref)).is_dir():
+        problem = unusable_reason(os.path.expanduser(ref))
+    if problem:
+        raise ValueError(f"{flag}{'' if flag.endswith('=') else ' '}{ref}: {problem}")
+
+
 def run_eval(argv) -> None:
     args = eval_parser().parse_args(argv)
     from adapt_eval.suite import evaluate, load_suite
@@ -81,11 +107,9 @@ def run_eval(argv) -> None:
             from adapt_eval.sandbox import require_isolation
 
             require_isolation()
-        if Path(args.model).is_dir():  # a run interrupted while saving is refused, not scored
-            from adapt.runfolder import check_complete
-
-            check_complete(args.model)
+        check_model_input("--model", args.model)
         out = _output_dir(args)
+        check_output_folder("--output", out)
         _check_output(out, args.model, args.overwrite)
         results = evaluate(args.model, suite, tasks, args.limit, args.data_dir, out, args.batch_size, args.device,
                            args.max_length)
@@ -120,6 +144,10 @@ def run_score(argv) -> None:
 
         os.environ[UNSAFE_ENV] = "1"
     try:
+        if args.per_item:
+            check_output_file("--per-item", Path(args.per_item))
+        if Path(args.predictions).is_dir():
+            raise ValueError(f"--predictions {args.predictions}: is a folder; give its samples.jsonl file")
         result = score_file(args.task, args.predictions, args.suite, args.data_dir, settings=args.set,
                             per_item=args.per_item, allow_prompt_mismatch=args.allow_prompt_mismatch)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
@@ -194,6 +222,14 @@ def run_analyze(argv) -> None:
         sys.exit("error: adapt analyze: give --models with --data (models on the same tokens), or --run RUN_DIR, "
                  "or both")
     out = Path(args.output)
+    try:
+        check_output_folder("--output", out)
+        for item in args.models:
+            name, _, ref = item.partition("=")
+            if ref:
+                check_model_input(f"--models {name}=", ref)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     if args.run:
         from adapt_eval.routing_plots import plot_training_load
 

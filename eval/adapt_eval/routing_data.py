@@ -98,10 +98,19 @@ def source_label(src) -> str:
 
 def file_texts(path: str, limit: int) -> list[str]:
     texts = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        row = json.loads(line)
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"{path}: line {n}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: line {n}: expected a JSON object with a prompt, text, instruction or messages")
         text = row.get("prompt") or row.get("text") or row.get("instruction") or "\n\n".join(
             m.get("content", "") for m in row.get("messages", []) if isinstance(m, dict))
         if not isinstance(text, str) or not text:
