@@ -9,8 +9,11 @@ answer without loading torch, transformers or lm-eval.
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 from dataclasses import dataclass
+
+from adapt.interrupts import Interrupted, exit_code, interrupt_on_signals
 
 
 @dataclass(frozen=True)
@@ -99,10 +102,12 @@ def main(argv=None) -> None:
         _load(command.parser)().print_help()
         return
     try:
-        _load(command.run)(rest)
-    except KeyboardInterrupt:  # Ctrl-C: one line, the shell's exit status for SIGINT (a stage saves first)
-        print(f"stopped: SIGINT (Ctrl-C) during `adapt {command.name}`", file=sys.stderr)
-        sys.exit(130)
+        with interrupt_on_signals():  # a stage's training loop saves a checkpoint first (adapt/trainers/signals.py)
+            _load(command.run)(rest)
+    except (Interrupted, KeyboardInterrupt) as e:  # one line, and the shell's exit status for the signal
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"stopped: {signal.Signals(signum).name} during `adapt {command.name}`", file=sys.stderr)
+        sys.exit(exit_code(signum))
 
 
 if __name__ == "__main__":

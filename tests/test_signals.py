@@ -96,6 +96,8 @@ def test_sigint_and_sigterm_checkpoints_resume_the_same_trajectory_one_process(t
     code, stderr = _signal_at(early, tmp_path / "a", 2, signal.SIGINT)
     assert code == 130, stderr[-3000:]
     a_step = _check_stopped(tmp_path / "a", code, stderr, signal.SIGINT)
+    assert stderr.strip().splitlines()[-1] == json.loads((tmp_path / "a" / "stopped.json").read_text())["reason"]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
     code, stderr = _signal_at(late, tmp_path / "b", a_step + 2, signal.SIGTERM)
     assert code == 143, stderr[-3000:]
     b_step = _check_stopped(tmp_path / "b", code, stderr, signal.SIGTERM)
@@ -207,3 +209,27 @@ def test_any_rank_signalled_stops_every_rank_at_the_step_end():
     control = TrainerControl()
     quiet.on_step_end(None, state, control)
     assert not control.should_save and not control.should_training_stop and quiet.signum is None
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_outside_training_cleans_up_and_is_one_line(tmp_path, monkeypatch, capsys, signum):
+    # a real signal to this process while `adapt data` builds the mixture: the build's folder is removed, one line
+    import adapt.data.prepare as prepare
+    from adapt.cli import main as adapt
+
+    build = prepare._build
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signum)  # delivered to the handler before the next bytecode
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(prepare, "_build", signalled)
+    recipe = write_recipe(tmp_path / "r.yaml", TINY_SFT.format(rows=8, lb=0.01, z=0.001, out=tmp_path / "o", steps=1))
+    cache = tmp_path / "cache"
+    before = signal.getsignal(signum)
+    with pytest.raises(SystemExit) as stop:
+        adapt(["data", "--config", str(recipe), f"data.cache_dir={cache}"])
+    assert stop.value.code == 128 + signum
+    assert capsys.readouterr().err.strip() == f"stopped: {signal.Signals(signum).name} during `adapt data`"
+    assert cache.is_dir() and not [p.name for p in cache.iterdir() if p.name.startswith(".build")]  # removed
+    assert signal.getsignal(signum) is before  # the command's handlers are gone after it

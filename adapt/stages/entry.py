@@ -10,6 +10,8 @@ import argparse
 import signal
 import sys
 
+from adapt.interrupts import Interrupted, exit_code, interrupt_on_signals
+
 
 def stage_parser(stage: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -71,7 +73,6 @@ def _check_resume(config, allow_changed: list[str]) -> None:
 def stage_main(stage: str, run, argv=None) -> None:
     """A stage module's `main`: the recipe from the command line, the run, one line on a data error, a clean end."""
     from adapt.data.sources import DataError
-    from adapt.trainers.signals import Interrupted, exit_code, interrupt_on_signals  # torch: not for `--help`
 
     try:
         with interrupt_on_signals():  # the training loop has its own handling (adapt/trainers/signals.py)

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 from safetensors import SafetensorError
 
+from adapt.interrupts import exit_code
 from adapt.model.expert_slices import unwrap
 from adapt.model.shape import model_problems, recipe_config
 from adapt.runfolder import RunFolderError, claim, resume_checkpoint, write_stopped
@@ -19,7 +20,7 @@ from adapt.stages.entry import end_processes
 from adapt.stages.experts import write_record
 from adapt.stages.save import save_run
 from adapt.trainers.guards import SignalStopped, TrainingStopped
-from adapt.trainers.signals import GracefulStop, exit_code
+from adapt.trainers.signals import GracefulStop
 
 # A full disk, a quota, a read-only or unwritable folder: said in one line instead of a traceback.
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)

@@ -17,7 +17,7 @@ since its last periodic checkpoint. Here the first signal only raises a flag:
   (Ctrl-C reaches torchrun and its workers, which torchrun then sends SIGTERM; `scancel` signals every process of the
   step), so one request can arrive twice in a few milliseconds.
 
-Before training starts (data, model load) and in the other commands, `interrupt_on_signals` turns both signals into an
+Before training starts (data, model load) and in the other commands, adapt/interrupts.py turns both signals into an
 exception, so clean-up code runs (a data build's temporary folder is removed) and the command ends in one line.
 """
 
@@ -28,44 +28,13 @@ import signal
 import sys
 import threading
 import time
-from contextlib import contextmanager
 
 import torch
 from transformers import TrainerCallback
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+from adapt.interrupts import STOP_SIGNALS, exit_code
+
 DUPLICATE_WINDOW_S = 2.0
-
-
-class Interrupted(BaseException):
-    """A stop signal outside the training loop. A BaseException, like KeyboardInterrupt, so that `except Exception`
-    recovery code does not swallow it while `finally` clean-up still runs."""
-
-    def __init__(self, signum: int):
-        self.signum = signum
-        super().__init__(signal.Signals(signum).name)
-
-
-def _raise_interrupted(signum, frame):
-    raise Interrupted(signum)
-
-
-@contextmanager
-def interrupt_on_signals():
-    """Within: SIGTERM and SIGINT raise `Interrupted` (the main thread only: Python runs signal handlers there)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {signum: signal.signal(signum, _raise_interrupted) for signum in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-def exit_code(signum: int) -> int:
-    return 128 + signum
 
 
 class GracefulStop(TrainerCallback):
