@@ -90,3 +90,18 @@ def test_the_reported_impossible_models_are_refused_before_anything_loads(tmp_pa
         adapt(["sft", "--config", str(path), override])
     assert message in str(stage.value.code) and "\n" not in str(stage.value.code)
     assert not (tmp_path / "out").exists()
+
+
+def test_eval_rows_beyond_a_file_without_a_row_count_is_one_line_when_the_data_is_read(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    turn = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    rows.write_text("\n".join(json.dumps(turn) for _ in range(3)) + "\n")
+    recipe = {"stage": "sft", "model": {"config": TINY["olmoe"], "tokenizer": "builtin:demo", "dtype": "float32"},
+              "data": {"sources": [{"path": str(rows)}], "eval_rows": 3, "cache": False},
+              "training": {"output_dir": str(tmp_path / "out"), "max_steps": 1, "bf16": False, "report_to": []}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(json.dumps(recipe))
+    with pytest.raises(SystemExit) as stop:  # the file's rows are only known once it is read: before the model
+        adapt(["data", "--config", str(path)])
+    assert str(stop.value.code) == ("error: data.eval_rows: 3 rows held out of a mixture of 3 leaves none to train "
+                                    "on. Fix: hold out fewer rows, or add data")
