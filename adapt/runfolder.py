@@ -209,6 +209,28 @@ def check_complete(folder: str | os.PathLike) -> None:
         raise RunFolderError(f"{folder}: incomplete run folder: {reason}")
 
 
+def read_records(path: str | os.PathLike) -> list[dict]:
+    """A run's JSONL record (`metrics.jsonl`, `router_stats.jsonl`): one JSON object per line. A line that is not one
+    (a hand edit, a disk that filled up mid-line) is a ValueError naming the file and the line."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    rows = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"{path}: line {n}: not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: line {n}: expected a JSON object")
+        rows.append(row)
+    return rows
+
+
 # ------------------------------------------------------------------------------------------ what the weights hold
 MAX_HEADER = 100 * 2**20  # safetensors' own limit on a header
 

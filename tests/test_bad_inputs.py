@@ -144,6 +144,10 @@ PATH_CASES = [
     ("analyze a JSONL line that is a list", lambda g, t: ["analyze", "--models", f"a={g}", "--data",
                                                           f"d={t / 'list.jsonl'}", "--output", str(t / "out")],
      "list.jsonl: line 1: expected a JSON object"),
+    ("push a bad metrics.jsonl line", lambda g, t: ["push", str(t / "records"), "--repo-id", "me/m", "--dry-run",
+                                                    str(t / "out")], "metrics.jsonl: line 2: not valid JSON"),
+    ("analyze --run a bad router_stats line", lambda g, t: ["analyze", "--run", str(t / "records"), "--output",
+                                                            str(t / "out")], "router_stats.jsonl: line 1: expected"),
     ("analyze a non-UTF-8 file", lambda g, t: ["analyze", "--models", f"a={g}", "--data", f"d={t / 'latin.jsonl'}",
                                                "--output", str(t / "out")], "latin.jsonl: not UTF-8"),
 ]
@@ -157,9 +161,13 @@ def test_paths_of_the_wrong_kind_are_one_line(good, tmp_path, name, argv, expect
     (tmp_path / "bad.jsonl").write_text('{"prompt": "a"}\n{"prompt": \n')
     (tmp_path / "list.jsonl").write_text('["a"]\n')
     (tmp_path / "latin.jsonl").write_bytes(b'{"prompt": "caf\xe9"}\n')
+    shutil.copytree(good, tmp_path / "records")  # a complete run whose records were edited by hand
+    (tmp_path / "records" / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss"\n')
+    (tmp_path / "records" / "router_stats.jsonl").write_text('[1, 2]\n')
     message = _one_line_error(argv(str(good), tmp_path))
     assert expected in message, message
     assert (tmp_path / "file").read_text() == "the user's file" and (tmp_path / "dir" / "keep").is_file()
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_stopped_run_names_why_in_every_reader(good, tmp_path):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from adapt.runfolder import read_records
 
 # metric key -> title. The router losses are what this toolkit adds, so each gets its own figure.
 CURVES = {
@@ -17,7 +18,7 @@ CURVES = {
 def read_metrics(path: Path) -> list[dict]:
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_records(path)
 
 
 def series(rows: list[dict], key: str) -> list[tuple[int, float]]:

@@ -56,7 +56,7 @@ def build_folder(run_dir: str | Path, out: str | Path, repo_id: str, options: Fo
     """Write the publishable folder for `run_dir` into `out` (new or empty): weights, config, tokenizer with its chat
     template, the run's records, evaluation results and the model card (README.md, with its PNG figures)."""
     from adapt.hub.card import write_card
-    from adapt.runfolder import unusable_reason
+    from adapt.runfolder import read_records, unusable_reason
     from adapt_eval.suite import model_fingerprint
 
     run, out = Path(run_dir), Path(out)
@@ -65,6 +65,12 @@ def build_folder(run_dir: str | Path, out: str | Path, repo_id: str, options: Fo
     reason = unusable_reason(run)  # an incomplete run, corrupt or truncated weights, NaN values
     if reason:
         raise PublishError(f"{run}: cannot be published: {reason}")
+    for name in ("metrics.jsonl", "router_stats.jsonl"):  # the card draws them: a bad line is named before any work
+        if (run / name).is_file():
+            try:
+                read_records(run / name)
+            except ValueError as e:
+                raise PublishError(f"{e}; nothing published") from None
     if out.exists() and any(out.iterdir()):
         raise PublishError(f"{out} exists and is not empty; choose a new folder (nothing was overwritten)")
     out.mkdir(parents=True, exist_ok=True)

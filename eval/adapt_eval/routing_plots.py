@@ -13,9 +13,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from adapt.runfolder import read_records
 from adapt_eval.routing import chance
 
 
@@ -87,7 +87,9 @@ def plot_training_load(run_dir: Path, folder: Path) -> Path:
     path = Path(run_dir) / "router_stats.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: no router_stats.jsonl (a run trained with router.log_stats: true has one)")
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = read_records(path)
+    if not rows:
+        raise ValueError(f"{path}: no rows (the run logged no routing statistics)")
     plt = _pyplot()
     layers = rows[0].get("layers") or list(range(len(rows[0]["expert_share"])))
     fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 2.8), dpi=100, squeeze=False)
