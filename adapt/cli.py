@@ -13,6 +13,7 @@ import signal
 import sys
 from dataclasses import dataclass
 
+from adapt.console import quiet_console
 from adapt.interrupts import Interrupted, exit_code, interrupt_on_signals
 
 
@@ -101,6 +102,7 @@ def main(argv=None) -> None:
     if "-h" in rest or "--help" in rest:  # answered from the light parser module, before the command's imports
         _load(command.parser)().print_help()
         return
+    quiet_console()
     try:
         with interrupt_on_signals():  # a stage's training loop saves a checkpoint first (adapt/trainers/signals.py)
             _load(command.run)(rest)

@@ -105,7 +105,7 @@ training:
   save_strategy: "no"
   report_to: []
   bf16: false
-  gradient_checkpointing: false
+  activation_checkpointing: false
   disable_tqdm: true
   seed: 0
 """
@@ -130,7 +130,7 @@ training:
   save_strategy: "no"
   report_to: []
   bf16: false
-  gradient_checkpointing: false
+  activation_checkpointing: false
   disable_tqdm: true
   seed: 0
 """

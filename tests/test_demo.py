@@ -15,6 +15,10 @@ def test_demo_pipeline_shows_sft_and_dpo_gains(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "adapt.cli", "demo", "--output", str(out), "--eval-items", "100"],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # a quiet console: no library warnings, no progress-bar redraws (not a terminal), one line per logging step
+    console = proc.stdout + proc.stderr
+    assert "Warning" not in console and "WARNING" not in console and "it/s]" not in console, console[:3000]
+    assert "step 500/500 (epoch 4.00)  loss " in console
     report = json.loads((out / "report.json").read_text())
     base, sft, dpo = (report["stages"][k] for k in ("base", "sft", "dpo"))
     assert sft["task_accuracy"] > base["task_accuracy"] + 0.5

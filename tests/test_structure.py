@@ -17,7 +17,7 @@ ROOTS = {"adapt": REPO / "adapt", "adapt_eval": REPO / "eval" / "adapt_eval"}
 # parallel layouts. The harness sits above the model and data layers and below the stages, the publishing step and
 # the command line.
 LAYERS = [
-    {"adapt", "adapt.tasks", "adapt.runfolder", "adapt.interrupts", "adapt.parallel"},
+    {"adapt", "adapt.tasks", "adapt.runfolder", "adapt.interrupts", "adapt.console", "adapt.parallel"},
     {"adapt.config"},
     # adapt.parallel.autoep converts a model of a family to expert parallelism and back: it reads the family table
     {"adapt.data", "adapt.model", "adapt.losses", "adapt.parallel.autoep"},

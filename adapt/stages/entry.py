@@ -10,6 +10,7 @@ import argparse
 import signal
 import sys
 
+from adapt.console import quiet_console
 from adapt.interrupts import Interrupted, exit_code, interrupt_on_signals
 
 
@@ -74,6 +75,7 @@ def stage_main(stage: str, run, argv=None) -> None:
     """A stage module's `main`: the recipe from the command line, the run, one line on a data error, a clean end."""
     from adapt.data.sources import DataError
 
+    quiet_console()  # `accelerate launch -m adapt.stages.sft` does not pass through adapt/cli.py
     try:
         with interrupt_on_signals():  # the training loop has its own handling (adapt/trainers/signals.py)
             config = load_stage_config(stage, argv)

@@ -19,6 +19,7 @@ from adapt.runfolder import RunFolderError, claim, resume_checkpoint, write_stop
 from adapt.stages.entry import end_processes
 from adapt.stages.experts import write_record
 from adapt.stages.save import save_run
+from adapt.trainers.console import use_console
 from adapt.trainers.guards import SignalStopped, TrainingStopped
 from adapt.trainers.signals import GracefulStop
 
@@ -139,6 +140,7 @@ def train_and_save(trainer, config, tokenizer, started: float, data_summary: dic
     trainer.accelerator.wait_for_everyone()
     stop = _graceful_stop(trainer, config, is_main)
     trainer.add_callback(stop)
+    use_console(trainer)  # one readable line per logging step (adapt/trainers/console.py)
     try:
         with _installed(stop):
             trainer.train(resume_from_checkpoint=resume_checkpoint(config))
