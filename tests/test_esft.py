@@ -275,7 +275,7 @@ def test_zero2_on_two_processes_moves_only_the_selected_slices(tmp_path):
 
 @pytest.mark.parametrize("overrides, key, words", [
     (["parallel.expert_parallel_size=2", "parallel.deepspeed=zero2"], "experts.select", "expert parallelism"),
-    (["experts.threshold=0"], "experts.threshold", "(0, 1]"),
+    (["experts.threshold=0"], "experts.threshold", "in (0, 1], got 0"),
     (["experts.threshold=1.5"], "experts.threshold", "(0, 1]"),
     (["experts.select=list", "experts.experts={7: [0]}"], "experts.experts.7", "unknown layer 7"),
     (["experts.select=list", "experts.experts={1: [4]}"], "experts.experts.1", "unknown expert 4"),

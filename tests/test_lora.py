@@ -177,7 +177,7 @@ def test_qlora_without_cuda_is_refused(base, tmp_path):
 def test_bad_lora_settings_are_refused(base, tmp_path):
     assert refusal(tmp_path, base, targets=["atention"]).startswith("peft.targets[0]: unknown selector 'atention'")
     assert refusal(tmp_path, base, targets=["router"]).startswith("peft.targets: puts no LoRA adapter anywhere")
-    assert refusal(tmp_path, base, r=0).startswith("peft: needs r >= 1")
+    assert refusal(tmp_path, base, r=0).startswith("peft.r: must be >= 1, got 0")
     assert refusal(tmp_path, base, parallel={"deepspeed": "zero2", "expert_parallel_size": 2}).startswith(
         "peft.method: LoRA under expert parallelism is not verified")
     raw = with_lora(TINY_SFT.format(rows=4, lb=0.01, z=0.001, out=tmp_path / "o", steps=1))  # random-init base

@@ -26,7 +26,7 @@ class RecipeError(ValueError):
 
 def suggest(key: str, known: typing.Iterable[str]) -> str:
     close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1, cutoff=0.6)
-    return f"did you mean `{close[0]}`?" if close else "remove it (see the recipe reference in README.md)"
+    return f"did you mean `{close[0]}`?" if close else "remove it (see the recipe reference, docs/recipe-reference.md)"
 
 
 def describe(annotation: Any) -> str:

@@ -21,6 +21,7 @@ from adapt.config.sections import (
     ModelSection,
     ParallelSection,
     PeftSection,
+    Range,
     RouterSection,
     SequenceLayout,
     router_loss_scale,
@@ -47,31 +48,39 @@ OWNED_TRAINING_KEYS = {
 class _AdaptSections:
     """Mixin holding the toolkit's sections; its fields come after TRL's in the dataclass."""
 
-    stage: str = "sft"
-    model: ModelSection = field(default_factory=ModelSection)
-    data: DataSection = field(default_factory=DataSection)
-    router: RouterSection = field(default_factory=RouterSection)
-    parallel: ParallelSection = field(default_factory=ParallelSection)
-    hub: HubSection = field(default_factory=HubSection)
-    peft: PeftSection = field(default_factory=PeftSection)
-    experts: ExpertsSection = field(default_factory=ExpertsSection)
-    # Replace an existing run folder at `output_dir`. Off by default: a run never silently overwrites another.
-    overwrite: bool = False
-    # How the SFT loss is reduced (a `training:` key, the toolkit's own). `mean`: TRL's token mean over the global
-    # batch. `sum`: open-instruct's `--reduce_loss sum`, the published OLMoE SFT: each micro-batch's summed token
-    # cross-entropy, divided by the accumulation steps and averaged over ranks, so the gradient is the global batch's
-    # sum / (accumulation x processes); the router terms are added per micro-batch. DPO is a mean over pairs in
-    # both open-instruct and TRL, so `sum` is refused there.
-    loss_reduction: Literal["mean", "sum"] = field(default="mean", metadata={"training_key": True})
-    # On SIGTERM or SIGINT (preemption, Ctrl-C) the run finishes its step and saves a resumable checkpoint within this
-    # many seconds, or exits without it (adapt/trainers/signals.py). Below the 30 s Slurm and Kubernetes wait before
-    # SIGKILL by default; raise it with theirs (e.g. Slurm's `--signal=TERM@120`) when a checkpoint takes longer.
-    stop_grace_seconds: float = field(default=25.0, metadata={"training_key": True})
-    # The file the recipe was read from (for messages and the resolved copy); not a recipe key.
-    recipe_path: str | None = field(default=None, metadata={"recipe_key": False})
-    # Recipe keys a resumed run may change from its checkpoint's (`adapt sft|dpo --allow-changed KEY`, checked by
-    # adapt/runfolder.py `check_same_recipe`); a command-line flag, not a recipe key.
-    allow_changed: tuple[str, ...] = field(default=(), metadata={"recipe_key": False})
+    stage: str = field(default="sft", metadata={
+        "help": "`sft` or `dpo`: which trainer the recipe runs (`adapt sft` / `adapt dpo` check it is theirs)."})
+    model: ModelSection = field(default_factory=ModelSection, metadata={"help": ModelSection.__doc__})
+    data: DataSection = field(default_factory=DataSection, metadata={"help": DataSection.__doc__})
+    router: RouterSection = field(default_factory=RouterSection, metadata={"help": RouterSection.__doc__})
+    parallel: ParallelSection = field(default_factory=ParallelSection, metadata={"help": ParallelSection.__doc__})
+    hub: HubSection = field(default_factory=HubSection, metadata={"help": HubSection.__doc__})
+    peft: PeftSection = field(default_factory=PeftSection, metadata={"help": PeftSection.__doc__})
+    experts: ExpertsSection = field(default_factory=ExpertsSection, metadata={"help": ExpertsSection.__doc__})
+    overwrite: bool = field(default=False, metadata={
+        "help": "Replace an existing run folder at `output_dir`. Off by default: a run never silently overwrites "
+                "another."})
+    loss_reduction: Literal["mean", "sum"] = field(default="mean", metadata={
+        "training_key": True,
+        "help": "How the SFT loss is reduced (a `training:` key, the toolkit's own). `mean`: TRL's token mean over "
+                "the global batch. `sum`: open-instruct's `--reduce_loss sum`, the published OLMoE SFT: each "
+                "micro-batch's summed token cross-entropy, divided by the accumulation steps and averaged over ranks, "
+                "so the gradient is the global batch's sum / (accumulation x processes); the router terms are added "
+                "per micro-batch. DPO is a mean over pairs in both open-instruct and TRL, so `sum` is refused there."})
+    stop_grace_seconds: float = field(default=25.0, metadata={
+        "training_key": True,
+        "help": "On SIGTERM or SIGINT (preemption, Ctrl-C) the run finishes its step and saves a resumable "
+                "checkpoint within this many seconds, or exits without it (adapt/trainers/signals.py). Below the "
+                "30 s Slurm and Kubernetes wait before SIGKILL by default; raise it with theirs (e.g. Slurm's "
+                "`--signal=TERM@120`) when a checkpoint takes longer.",
+        "range": Range(0, False, 3600, True)})
+    recipe_path: str | None = field(default=None, metadata={
+        "recipe_key": False,
+        "help": "The file the recipe was read from (for messages and the resolved copy); not a recipe key."})
+    allow_changed: tuple[str, ...] = field(default=(), metadata={
+        "recipe_key": False,
+        "help": "Recipe keys a resumed run may change from its checkpoint's (`adapt sft|dpo --allow-changed KEY`, "
+                "checked by adapt/runfolder.py `check_same_recipe`); a command-line flag, not a recipe key."})
 
     def training_dict(self) -> dict[str, Any]:
         """The TRL/transformers fields only, JSON-serialisable (enums as values, tokens hidden)."""

@@ -32,12 +32,6 @@ def check_experts(s: dict[str, Any], file: str | None, check_paths: bool = True,
     if experts.select == "all":
         _nothing_else_set(experts, file)
         return
-    if not 0 < experts.threshold <= 1:
-        raise RecipeError(file, "experts.threshold", f"must be in (0, 1], got {experts.threshold!r}",
-                          "e.g. 0.2: keep the experts that together take 20% of the layer's routing")
-    if experts.max_rows < 1:
-        raise RecipeError(file, "experts.max_rows", f"must be >= 1, got {experts.max_rows}",
-                          "e.g. 2000 rows of the training data")
     for i, name in enumerate(experts.train):
         if name not in ESFT_TRAINABLE:
             raise RecipeError(file, f"experts.train[{i}]", f"unknown part {name!r}", suggest(name, ESFT_TRAINABLE))

@@ -11,35 +11,32 @@ import math
 from typing import Any
 
 from adapt.config.checks import RecipeError, suggest
+from adapt.config.sections import Range, field_ranges
 
 # More optimizer steps than any run takes (OLMoE's pretraining took about 1.2 million): a count beyond it is a typo or
 # an overflow (`max_steps: 100000000000000000000` trained "forever" with exit code 0 at the end of the allocation).
 MAX_STEPS = 10**9
 
-# training key -> (lowest, lowest allowed?, highest, highest allowed?): the range a value must fall in.
+# The ranges of TRL's and transformers' training keys, whose fields are theirs; the toolkit's own fields (its sections'
+# and its `training:` keys) carry their range in their metadata (`Range` in adapt/config/sections.py).
 TRAINING_RANGES = {
-    "learning_rate": (0.0, False, 1.0, True),
-    "num_train_epochs": (0.0, False, float(MAX_STEPS), True),  # at least one step per epoch: the same bound
-    "per_device_train_batch_size": (1, True, math.inf, False),
-    "per_device_eval_batch_size": (1, True, math.inf, False),
-    "gradient_accumulation_steps": (1, True, math.inf, False),
-    "max_length": (1, True, math.inf, False),
-    "max_grad_norm": (0.0, True, math.inf, False),
-    "weight_decay": (0.0, True, math.inf, False),
-    "warmup_steps": (0.0, True, math.inf, False),
-    "adam_beta1": (0.0, True, 1.0, False),
-    "adam_beta2": (0.0, True, 1.0, False),
-    "adam_epsilon": (0.0, False, 1.0, True),
-    "logging_steps": (0.0, False, math.inf, False),
-    "save_steps": (0.0, False, math.inf, False),
-    "eval_steps": (0.0, False, math.inf, False),
-    "beta": (0.0, False, math.inf, False),
-    "stop_grace_seconds": (0.0, False, 3600.0, True),
+    "learning_rate": Range(0.0, False, 1.0, True),
+    "num_train_epochs": Range(0.0, False, float(MAX_STEPS), True),  # at least one step per epoch: the same bound
+    "per_device_train_batch_size": Range(1, True),
+    "per_device_eval_batch_size": Range(1, True),
+    "gradient_accumulation_steps": Range(1, True),
+    "max_length": Range(1, True),
+    "max_grad_norm": Range(0.0, True),
+    "weight_decay": Range(0.0, True),
+    "warmup_steps": Range(0.0, True),
+    "adam_beta1": Range(0.0, True, 1.0, False),
+    "adam_beta2": Range(0.0, True, 1.0, False),
+    "adam_epsilon": Range(0.0, False, 1.0, True),
+    "logging_steps": Range(0.0, False),
+    "save_steps": Range(0.0, False),
+    "eval_steps": Range(0.0, False),
+    "beta": Range(0.0, False),
 }
-ROUTER_RANGES = {"load_balancing_weight": (0.0, True, 1e3, True), "z_loss_weight": (0.0, True, 1e3, True),
-                 # collapse thresholds (adapt/trainers/router_health.py): fractions; 1 turns that warning off
-                 "dead_expert_fraction": (0.0, True, 1.0, True), "entropy_drop": (0.0, False, 1.0, True),
-                 "top_expert_share": (0.0, False, 1.0, True)}
 
 
 def non_finite(value: Any) -> bool:
@@ -53,36 +50,33 @@ def non_finite(value: Any) -> bool:
     return False
 
 
-def _in_range(value, low, low_ok, high, high_ok) -> bool:
-    return (value > low or (low_ok and value == low)) and (value < high or (high_ok and value == high))
-
-
-def _describe(low, low_ok, high, high_ok) -> str:
-    left = f">= {low:g}" if low_ok else f"> {low:g}"
-    return left if high == math.inf else f"{left} and {'<=' if high_ok else '<'} {high:g}"
-
-
 def check_ranges(stage: str, sections: dict[str, Any], training: dict[str, Any], file: str | None) -> None:
-    for key, bounds in TRAINING_RANGES.items():
-        value = training.get(key)
-        if value is not None and not _in_range(value, *bounds):
-            raise RecipeError(file, f"training.{key}", f"must be {_describe(*bounds)}, got {value!r}",
-                              "give a value in range")
+    # Imported here: configs imports TRL, which recipe.py (importing this module) loads only once a recipe is built.
+    from adapt.config.configs import _AdaptSections
+
+    for key, bounds in {**TRAINING_RANGES, **field_ranges(_AdaptSections)}.items():
+        _check_value(training.get(key), bounds, f"training.{key}", file)
     steps = training.get("max_steps", -1)
     if steps is not None and steps != -1 and not 1 <= steps <= MAX_STEPS:
         raise RecipeError(file, "training.max_steps", f"must be -1 (train for num_train_epochs) or from 1 to "
                           f"{MAX_STEPS:,}, got {steps}", "give a number of optimizer steps, or drop it")
-    router = sections["router"]
-    for key, bounds in ROUTER_RANGES.items():
-        value = getattr(router, key)
-        if not _in_range(value, *bounds):
-            raise RecipeError(file, f"router.{key}", f"must be {_describe(*bounds)}, got {value!r}",
-                              "use 0 to switch the loss off" if key.endswith("_weight") else "give a fraction")
-    if sections["data"].eval_rows < 0:
-        raise RecipeError(file, "data.eval_rows", f"must be >= 0, got {sections['data'].eval_rows}",
-                          "use 0 to hold out no rows")
+    for name, section in sections.items():
+        _check_fields(section, name, file)
+    for i, source in enumerate(sections["data"].sources):
+        _check_fields(source, f"data.sources[{i}]", file)
     _check_evaluation(sections["data"], training, file)
     _check_model_config(sections["model"], file)
+
+
+def _check_fields(section: Any, where: str, file: str | None) -> None:
+    """Each field of a section (or data source) that has a range in its metadata holds a value in it."""
+    for key, bounds in field_ranges(type(section)).items():
+        _check_value(getattr(section, key), bounds, f"{where}.{key}", file)
+
+
+def _check_value(value: Any, bounds: Range, key: str, file: str | None) -> None:
+    if value is not None and not bounds.admits(value):
+        raise RecipeError(file, key, f"must be {bounds}, got {value!r}", bounds.fix)
 
 
 def _check_evaluation(data, training: dict[str, Any], file: str | None) -> None:
