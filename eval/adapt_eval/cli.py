@@ -9,9 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from adapt.config.benchmarks import BENCHMARKS
 from adapt.runfolder import local_model_problem, unusable_reason
-
-CODE_BENCHMARKS = ("humaneval", "mbpp")  # their model-written programs run in eval/adapt_eval/sandbox.py
 
 
 def _suite_options(p: argparse.ArgumentParser, set_example: str) -> None:
@@ -102,7 +101,7 @@ def run_eval(argv) -> None:
         if args.data_dir and not Path(args.data_dir).is_dir():
             raise ValueError(f"--data-dir {args.data_dir}: not a folder")
         code = [n for n, t in suite.tasks.items()
-                if t.get("benchmark") in CODE_BENCHMARKS and (not tasks or n in tasks)]
+                if t.get("benchmark") in BENCHMARKS and BENCHMARKS[t["benchmark"]].code and (not tasks or n in tasks)]
         if code:  # before the model generates anything: no sandbox, no code tasks (unless --unsafe-sandbox)
             from adapt_eval.sandbox import require_isolation
 
