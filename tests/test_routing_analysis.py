@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from adapt_eval.routing import RoutingRecorder, RoutingTotals, saturation
+from adapt.model.routing import RoutingRecorder, find_backbone
+from adapt_eval.routing.metrics import RoutingTotals, saturation
 from conftest import tiny_olmoe
 
 
@@ -22,9 +23,13 @@ def zero_router_model():
 
 
 def run(model, ids, mask):
-    with RoutingRecorder(model) as recorder, torch.no_grad():
+    recorder = RoutingRecorder(find_backbone(model))
+    recorder.start()
+    with torch.no_grad():
         model(input_ids=ids, attention_mask=mask)
-    return dict(recorder.choices)
+    captured = recorder.stop()
+    recorder.remove()
+    return captured.choices()
 
 
 IDS = torch.randint(3, 200, (2, 6), generator=torch.Generator().manual_seed(0))
@@ -47,7 +52,7 @@ def test_every_metric_on_a_known_routing():
         s = summary[layer]
         assert [s["load"][e] for e in chosen] == [16, 16] and [s["load"][e] for e in others] == [0, 0]
         assert s["dead_experts"] == others
-        assert s["load_ratio"] is None  # a dead expert: busiest / idlest is unbounded
+        assert s["load_ratio"] == 16.0  # a dead expert counts as 1 token: the busiest expert's 16 (one definition)
         assert s["coactivation"][chosen[0]][chosen[1]] == 1.0 == s["coactivation"][chosen[1]][chosen[0]]
         for shares in s["domains"].values():
             assert sum(shares) == pytest.approx(2.0)  # k: each token counts once for each of its 2 experts
@@ -176,7 +181,7 @@ def save_pair(folder):
 
 
 def test_domain_specs_expand_recipes_and_benchmarks(shared):
-    from adapt_eval.routing_data import domain_texts
+    from adapt_eval.routing.data import domain_texts
 
     texts = domain_texts({"mix": "recipe:recipes/demo/sft.yaml", "math": "benchmark:gsm8k", "chat": "task:reverse"},
                          limit=3, data_dir=str(shared / "data"))
@@ -214,7 +219,7 @@ def test_an_adapter_folder_is_analysed_as_its_merged_model(tmp_path):
     from peft import LoraConfig, get_peft_model
 
     from adapt.data.tokenizer import build_demo_tokenizer
-    from adapt_eval.routing_run import analyze
+    from adapt_eval.routing.run import analyze
 
     tokenizer = build_demo_tokenizer()
     token_only_model().save_pretrained(tmp_path / "base")
@@ -233,7 +238,7 @@ def test_an_adapter_folder_is_analysed_as_its_merged_model(tmp_path):
 
 def test_report_adds_the_router_section_and_its_pictures(tmp_path):
     from adapt.cli import main
-    from adapt_eval.routing_report import TITLE
+    from adapt_eval.routing.report import TITLE
 
     models = save_pair(tmp_path)
     main(["analyze", "--models", *models, "--data", "reverse=task:reverse", "--texts", "6",
@@ -259,7 +264,7 @@ def test_report_adds_the_router_section_and_its_pictures(tmp_path):
 
 
 def test_a_token_budget_takes_the_texts_in_order_and_cuts_the_last(demo_tokenizer):
-    from adapt_eval.routing_run import data_fingerprints, tokenize_domains
+    from adapt_eval.routing.run import data_fingerprints, tokenize_domains
 
     texts = {"a": ["one two three", "four five six seven", "eight"], "b": ["x y"]}
     lengths = {d: [len(demo_tokenizer(t)["input_ids"]) for t in ts] for d, ts in texts.items()}
@@ -285,7 +290,7 @@ def test_models_that_cannot_be_analysed_are_refused_before_any_weights_load(tmp_
     from transformers import LlamaConfig
 
     from adapt.data.tokenizer import build_demo_tokenizer
-    from adapt_eval.routing_run import analyze
+    from adapt_eval.routing.run import analyze
 
     build_demo_tokenizer().save_pretrained(tmp_path / "dense")
     LlamaConfig(vocab_size=320).save_pretrained(tmp_path / "dense")

@@ -105,7 +105,7 @@ def router_section(run: Path, out: Path, fingerprint: str) -> str:
     these very weights."""
     import shutil
 
-    from adapt_eval import routing_report
+    from adapt_eval.routing import report as routing_report
 
     folder = run / "analysis"
     heading = f"## {routing_report.TITLE}\n\n"

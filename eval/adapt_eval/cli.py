@@ -193,7 +193,8 @@ def _positive(text: str) -> int:
 def analyze_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="adapt analyze", description="What adaptation did to the router: each model's "
                                 "routing on the same tokens (load, dead experts, co-activation, domain and vocabulary "
-                                "specialization) and the router saturation between them (eval/adapt_eval/routing.py). "
+                                "specialization) and the router saturation between them "
+                                "(eval/adapt_eval/routing/metrics.py). "
                                 "Several processes: accelerate launch -m adapt.cli analyze ...")
     p.add_argument("--models", nargs="+", default=[], metavar="NAME=PATH", help="e.g. base=runs/demo/base "
                    "sft=runs/demo/sft dpo=runs/demo/dpo (in order: saturation is taken between neighbours); model "
@@ -230,7 +231,7 @@ def run_analyze(argv) -> None:
     except ValueError as e:
         sys.exit(f"error: {e}")
     if args.run:
-        from adapt_eval.routing_plots import plot_training_load
+        from adapt_eval.routing.plots import plot_training_load
 
         try:
             print(f"picture: {plot_training_load(Path(args.run), out)}")
@@ -247,18 +248,18 @@ def run_analyze(argv) -> None:
             if name in pairs.setdefault(flag, {}):
                 sys.exit(f"error: {flag}: {name} is named twice; give each a different name")
             pairs[flag][name] = value
-    from adapt_eval.routing_run import analyze
+    from adapt_eval.routing.run import analyze
 
     try:
         result = analyze(pairs["--models"], pairs["--data"], args.texts, args.batch_size, args.max_length,
                          args.data_dir, args.dtype, args.device_map, tokens_per_domain=args.tokens)
     except (ValueError, OSError, KeyError) as e:
         sys.exit(f"error: {' '.join(str(e).split())}")
-    from adapt_eval.routing_run import analysis_state
+    from adapt_eval.routing.run import analysis_state
 
     if not analysis_state().is_main_process:
         return
-    from adapt_eval.routing_report import write_analysis
+    from adapt_eval.routing.report import write_analysis
 
     for path in write_analysis(result, out)[1:]:
         print(f"picture: {path}")
