@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from adapt.model.routing import RoutingRecorder, find_backbone
 from adapt_eval.routing.metrics import RoutingTotals, saturation
-from conftest import tiny_olmoe
+from conftest import TINY_SFT, tiny_olmoe, write_recipe
 
 
 def zero_router_model():
@@ -300,3 +300,28 @@ def test_models_that_cannot_be_analysed_are_refused_before_any_weights_load(tmp_
     tiny_olmoe(vocab_size=50).config.save_pretrained(tmp_path / "small")
     with pytest.raises(ValueError, match="this model's vocabulary is 50; analyse models that share a tokenizer"):
         analyze({"small": str(tmp_path / "small")}, {"r": "task:reverse"}, texts_per_domain=2, log=lambda line: None)
+
+
+def test_without_data_analyze_reads_the_first_run_folders_training_data(tmp_path, capsys):
+    """`adapt analyze` without --data: the first model that is a run folder (has recipe.yaml) names the data, as
+    `recipe:` does, and says so; with no run folder among the models, the one-line refusal."""
+    from adapt.cli import main
+    from adapt.data.tokenizer import build_demo_tokenizer
+    from adapt.runfolder import write_marker
+
+    tokenizer = build_demo_tokenizer()
+    for name in ("base", "sft"):
+        zero_router_model().save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    models = ["--models", f"base={tmp_path / 'base'}", f"sft={tmp_path / 'sft'}"]
+    with pytest.raises(SystemExit, match="without --data, one model must be a run folder"):
+        main(["analyze", *models, "--output", str(tmp_path / "out")])
+    write_recipe(tmp_path / "sft" / "recipe.yaml",
+                 TINY_SFT.format(rows=8, lb=0.01, z=0.001, out=tmp_path / "sft", steps=1))
+    write_marker(tmp_path / "sft", {"stage": "sft"})  # a finished run's folder
+    main(["analyze", *models, "--texts", "4", "--output", str(tmp_path / "out")])
+    assert f"note: --data not given: using the training data (data.sources) from {tmp_path / 'sft' / 'recipe.yaml'}" \
+        in capsys.readouterr().err
+    result = json.loads((tmp_path / "out" / "analysis.json").read_text())
+    assert result["domains"] == {"train": f"recipe:{tmp_path / 'sft' / 'recipe.yaml'}"}
+    assert list(result["data"]) == ["train/reverse"] and result["data"]["train/reverse"]["texts"] == 4

@@ -202,7 +202,8 @@ def analyze_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", nargs="+", default=[], metavar="DOMAIN=SPEC",
                    help="domain samples: task:NAME (a built-in task), benchmark:TASK (an evaluation benchmark's "
                    "prompts), suite:NAME (each benchmark of a suite), recipe:PATH (each source of a recipe's mixture) "
-                   "or a JSONL file of prompts")
+                   "or a JSONL file of prompts; default: the training data of the first model that is a run folder "
+                   "(recipe:RUN/recipe.yaml)")
     p.add_argument("--run", help="a training run folder: draw its experts' load over the steps (router_stats.jsonl)")
     p.add_argument("--texts", type=_positive, default=64, help="texts per domain (default 64)")
     p.add_argument("--max-length", type=_positive, default=512, help="tokens per text at most (default 512)")
@@ -216,11 +217,26 @@ def analyze_parser() -> argparse.ArgumentParser:
     return p
 
 
+def default_data(models: list[str]) -> tuple[str, Path] | None:
+    """`--data` when it is not given: the training data of the first model that is a run folder with a recipe
+    (its `recipe.yaml`'s `data.sources`, read as `recipe:PATH`), as (DOMAIN=SPEC, that recipe); None when no model
+    is one."""
+    for item in models:
+        _, _, ref = item.partition("=")
+        recipe = Path(os.path.expanduser(ref)) / "recipe.yaml" if ref else None
+        if recipe is not None and recipe.is_file():
+            return f"train=recipe:{recipe}", recipe
+    return None
+
+
 def run_analyze(argv) -> None:
     args = analyze_parser().parse_args(argv)
+    if args.models and not args.data and (found := default_data(args.models)):
+        args.data = [found[0]]
+        print(f"note: --data not given: using the training data (data.sources) from {found[1]}", file=sys.stderr)
     if bool(args.models) != bool(args.data) or not (args.models or args.run):
-        sys.exit("error: adapt analyze: give --models with --data (models on the same tokens), or --run RUN_DIR, "
-                 "or both")
+        sys.exit("error: adapt analyze: give --models with --data (models on the same tokens; without --data, one "
+                 "model must be a run folder whose recipe.yaml names its training data), or --run RUN_DIR, or both")
     out = Path(args.output)
     try:
         check_output_folder("--output", out)
