@@ -42,7 +42,7 @@ COMMANDS = (
             "adapt_eval.cli:score_parser", "adapt_eval.cli:run_score"),
     Command("report", "RESULTS ... [--names a,b] [--output DIR]", "compare runs beside the paper (md, html, png)",
             "adapt_eval.cli:report_parser", "adapt_eval.cli:run_report"),
-    Command("analyze", "--models base=P sft=P ... --data D=SPEC ... [--run DIR] --output DIR",
+    Command("analyze", "--models base=P sft=P ... [--data D=SPEC ...] [--run DIR] --output DIR",
             "what adaptation did to the router",
             "adapt_eval.cli:analyze_parser", "adapt_eval.cli:run_analyze"),
     Command("demo", "[--output runs/demo] [--overwrite]", "the offline base -> SFT -> DPO pipeline and its report",

@@ -8,7 +8,7 @@ the variant's recipe overrides on top.
 Per variant: the held-out task accuracy after SFT and the preference accuracy after DPO (`adapt_eval.task_eval`, the
 demo report's task_accuracy / preference_accuracy), the parameters the SFT optimizer updates, its AdamW state after
 training (counted from the optimizer: the bytes of its per-parameter tensors, i.e. the two fp32 moments), and the SFT
-and DPO wall times. Then the router's health after each SFT on the task's prompts (`adapt_eval.routing_run.analyze`,
+and DPO wall times. Then the router's health after each SFT on the task's prompts (`adapt_eval.routing.run.analyze`,
 the analysis `adapt demo` and `adapt analyze` run): per MoE layer the fraction of experts no token chose, the load
 entropy over experts divided by log E (1.0: even), and the busiest expert's share of the tokens (1.0: every token
 chose it).
@@ -87,7 +87,7 @@ def run_variant(name: str, args, out: Path, task) -> dict:
 
 
 def router_health(out: Path, names: list[str]) -> list[dict]:
-    from adapt_eval.routing_run import analyze
+    from adapt_eval.routing.run import analyze
 
     models = {"base": str(out / "base"), **{name: str(out / name / "sft") for name in names}}
     result = analyze(models, {"reverse": "task:reverse"}, texts_per_domain=64, log=lambda line: None)

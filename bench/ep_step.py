@@ -24,10 +24,9 @@ import transformers
 
 from adapt.config.families import FAMILIES
 from adapt.losses.router import load_balancing_loss, router_z_loss
-from adapt.model.routing import find_backbone
+from adapt.model.routing import RoutingRecorder, find_backbone
 from adapt.parallel import deepspeed_config
 from adapt.parallel.autoep import describe, match_router_precision, register_presets
-from adapt.trainers.router import RoutingRecorder
 
 SHAPES = {  # Qwen/Qwen3-30B-A3B's config.json, and a toy of the same family to check the harness on a CPU
     "qwen3-30b-a3b": ("qwen3_moe", dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144,

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 from transformers import OlmoeConfig, OlmoeForCausalLM
 
-from adapt_eval.routing import RoutingRecorder, RoutingTotals
+from adapt.model.routing import RoutingRecorder
+from adapt_eval.routing.metrics import RoutingTotals
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import finish, record  # noqa: E402 (bench/report.py, after the path line above)
@@ -57,10 +58,13 @@ def measure(model, config, batches: int, batch: int, seq: int) -> dict:
             started = time.perf_counter()
             model(input_ids=ids, attention_mask=mask)
             middle = time.perf_counter()
-            with RoutingRecorder(model) as recorder:  # as adapt analyze runs: the decoder only, no LM head
-                model.model(input_ids=ids, attention_mask=mask)
-            totals.add(recorder.choices, mask, "d", ids)
-            kept.append({layer: c.to(torch.uint8) for layer, c in recorder.choices.items()})
+            recorder = RoutingRecorder(model.model)  # as adapt analyze runs: the decoder only, no LM head
+            recorder.start()
+            model.model(input_ids=ids, attention_mask=mask)
+            choices = recorder.stop().choices()
+            recorder.remove()
+            totals.add(choices, mask, "d", ids)
+            kept.append({layer: c.to(torch.uint8) for layer, c in choices.items()})
             ended = time.perf_counter()
         if i:  # batch 0 is the warm-up
             stock_s, analysis_s = stock_s + middle - started, analysis_s + ended - middle

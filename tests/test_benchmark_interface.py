@@ -5,6 +5,7 @@ import inspect
 
 import pytest
 
+from adapt.config.benchmarks import BENCHMARKS
 from adapt_eval import benchmarks
 from adapt_eval.suite import RUN_KEYS, load_suite
 
@@ -38,7 +39,7 @@ def test_summary_carries_the_headline_metric(task):
     module = benchmarks.get(spec["benchmark"])
     configs = module.task_configs(task, None, {k: v for k, v in spec.items() if k not in RUN_KEYS})
     assert configs and all(isinstance(c, dict) and c["task"].startswith(task) for c in configs)
-    if spec["benchmark"] == "alpaca_eval":  # without a judge the win rate is skipped, never 0
+    if BENCHMARKS[spec["benchmark"]].judged:  # without a judge the win rate is skipped, never 0
         summary = module.summarize(_lmeval_results(configs, 0.25))
         assert summary["win_rate"]["value"] is None and "no judge" in summary["win_rate"]["skipped"]
         assert summary["avg_length"]["value"] == 0.25

@@ -140,7 +140,7 @@ def test_the_model_card_names_the_trained_experts(sft_run, tmp_path):
 
 
 def test_dpo_ranks_the_experts_from_an_adapt_analyze_result(sft_run, tmp_path):
-    from adapt_eval.routing_run import analyze
+    from adapt_eval.routing.run import analyze
 
     tmp, _, _ = sft_run
     result = analyze({"sft": str(tmp / "sft")}, {"reverse": "task:reverse"}, texts_per_domain=8, log=lambda x: None)

@@ -331,8 +331,8 @@ def test_lora_run_pushes_its_adapter_or_the_merged_model(tmp_path, demo_tokenize
 
 
 def test_card_shows_what_adaptation_did_to_the_router_of_these_weights(runs, tmp_path):
-    from adapt_eval.routing_report import TITLE, write_analysis
-    from adapt_eval.routing_run import analyze
+    from adapt_eval.routing.report import TITLE, write_analysis
+    from adapt_eval.routing.run import analyze
 
     run = tmp_path / "dpo"
     shutil.copytree(runs["dpo"], run)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from adapt.losses import load_balancing_loss, router_stats, router_z_loss
-from adapt.losses.router import RouterCapture
+from adapt.model.routing import RouterCapture
 from conftest import tiny_olmoe
 
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from adapt_eval.routing import RoutingRecorder, RoutingTotals, saturation
-from conftest import tiny_olmoe
+from adapt.model.routing import RoutingRecorder, find_backbone
+from adapt_eval.routing.metrics import RoutingTotals, saturation
+from conftest import TINY_SFT, tiny_olmoe, write_recipe
 
 
 def zero_router_model():
@@ -22,9 +23,13 @@ def zero_router_model():
 
 
 def run(model, ids, mask):
-    with RoutingRecorder(model) as recorder, torch.no_grad():
+    recorder = RoutingRecorder(find_backbone(model))
+    recorder.start()
+    with torch.no_grad():
         model(input_ids=ids, attention_mask=mask)
-    return dict(recorder.choices)
+    captured = recorder.stop()
+    recorder.remove()
+    return captured.choices()
 
 
 IDS = torch.randint(3, 200, (2, 6), generator=torch.Generator().manual_seed(0))
@@ -47,7 +52,7 @@ def test_every_metric_on_a_known_routing():
         s = summary[layer]
         assert [s["load"][e] for e in chosen] == [16, 16] and [s["load"][e] for e in others] == [0, 0]
         assert s["dead_experts"] == others
-        assert s["load_ratio"] is None  # a dead expert: busiest / idlest is unbounded
+        assert s["load_ratio"] == 16.0  # a dead expert counts as 1 token: the busiest expert's 16 (one definition)
         assert s["coactivation"][chosen[0]][chosen[1]] == 1.0 == s["coactivation"][chosen[1]][chosen[0]]
         for shares in s["domains"].values():
             assert sum(shares) == pytest.approx(2.0)  # k: each token counts once for each of its 2 experts
@@ -176,7 +181,7 @@ def save_pair(folder):
 
 
 def test_domain_specs_expand_recipes_and_benchmarks(shared):
-    from adapt_eval.routing_data import domain_texts
+    from adapt_eval.routing.data import domain_texts
 
     texts = domain_texts({"mix": "recipe:recipes/demo/sft.yaml", "math": "benchmark:gsm8k", "chat": "task:reverse"},
                          limit=3, data_dir=str(shared / "data"))
@@ -214,7 +219,7 @@ def test_an_adapter_folder_is_analysed_as_its_merged_model(tmp_path):
     from peft import LoraConfig, get_peft_model
 
     from adapt.data.tokenizer import build_demo_tokenizer
-    from adapt_eval.routing_run import analyze
+    from adapt_eval.routing.run import analyze
 
     tokenizer = build_demo_tokenizer()
     token_only_model().save_pretrained(tmp_path / "base")
@@ -233,7 +238,7 @@ def test_an_adapter_folder_is_analysed_as_its_merged_model(tmp_path):
 
 def test_report_adds_the_router_section_and_its_pictures(tmp_path):
     from adapt.cli import main
-    from adapt_eval.routing_report import TITLE
+    from adapt_eval.routing.report import TITLE
 
     models = save_pair(tmp_path)
     main(["analyze", "--models", *models, "--data", "reverse=task:reverse", "--texts", "6",
@@ -259,7 +264,7 @@ def test_report_adds_the_router_section_and_its_pictures(tmp_path):
 
 
 def test_a_token_budget_takes_the_texts_in_order_and_cuts_the_last(demo_tokenizer):
-    from adapt_eval.routing_run import data_fingerprints, tokenize_domains
+    from adapt_eval.routing.run import data_fingerprints, tokenize_domains
 
     texts = {"a": ["one two three", "four five six seven", "eight"], "b": ["x y"]}
     lengths = {d: [len(demo_tokenizer(t)["input_ids"]) for t in ts] for d, ts in texts.items()}
@@ -285,7 +290,7 @@ def test_models_that_cannot_be_analysed_are_refused_before_any_weights_load(tmp_
     from transformers import LlamaConfig
 
     from adapt.data.tokenizer import build_demo_tokenizer
-    from adapt_eval.routing_run import analyze
+    from adapt_eval.routing.run import analyze
 
     build_demo_tokenizer().save_pretrained(tmp_path / "dense")
     LlamaConfig(vocab_size=320).save_pretrained(tmp_path / "dense")
@@ -295,3 +300,28 @@ def test_models_that_cannot_be_analysed_are_refused_before_any_weights_load(tmp_
     tiny_olmoe(vocab_size=50).config.save_pretrained(tmp_path / "small")
     with pytest.raises(ValueError, match="this model's vocabulary is 50; analyse models that share a tokenizer"):
         analyze({"small": str(tmp_path / "small")}, {"r": "task:reverse"}, texts_per_domain=2, log=lambda line: None)
+
+
+def test_without_data_analyze_reads_the_first_run_folders_training_data(tmp_path, capsys):
+    """`adapt analyze` without --data: the first model that is a run folder (has recipe.yaml) names the data, as
+    `recipe:` does, and says so; with no run folder among the models, the one-line refusal."""
+    from adapt.cli import main
+    from adapt.data.tokenizer import build_demo_tokenizer
+    from adapt.runfolder import write_marker
+
+    tokenizer = build_demo_tokenizer()
+    for name in ("base", "sft"):
+        zero_router_model().save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    models = ["--models", f"base={tmp_path / 'base'}", f"sft={tmp_path / 'sft'}"]
+    with pytest.raises(SystemExit, match="without --data, one model must be a run folder"):
+        main(["analyze", *models, "--output", str(tmp_path / "out")])
+    write_recipe(tmp_path / "sft" / "recipe.yaml",
+                 TINY_SFT.format(rows=8, lb=0.01, z=0.001, out=tmp_path / "sft", steps=1))
+    write_marker(tmp_path / "sft", {"stage": "sft"})  # a finished run's folder
+    main(["analyze", *models, "--texts", "4", "--output", str(tmp_path / "out")])
+    assert f"note: --data not given: using the training data (data.sources) from {tmp_path / 'sft' / 'recipe.yaml'}" \
+        in capsys.readouterr().err
+    result = json.loads((tmp_path / "out" / "analysis.json").read_text())
+    assert result["domains"] == {"train": f"recipe:{tmp_path / 'sft' / 'recipe.yaml'}"}
+    assert list(result["data"]) == ["train/reverse"] and result["data"]["train/reverse"]["texts"] == 4

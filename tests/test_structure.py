@@ -114,13 +114,14 @@ def test_imports_point_down_the_layers():
 
 
 def test_the_recipe_vocabulary_is_what_the_layers_above_implement():
-    from adapt.config import sections
+    from adapt.config import benchmarks, sections
     from adapt.data import decontam, formats, tokenizer
 
     assert (set(formats.SFT_FORMATS), set(formats.PREFERENCE_FORMATS)) == (set(sections.SFT_FORMATS),
                                                                            set(sections.PREFERENCE_FORMATS))
     assert set(tokenizer.BUILTIN_TOKENIZERS) == set(sections.BUILTIN_TOKENIZERS)
-    assert set(decontam.READERS) == set(sections.DECONTAMINATION_BENCHMARKS)
+    assert set(decontam.READERS) == set(benchmarks.LOCAL_FORMATS)  # every benchmark's local layout is read
+    assert set(sections.DECONTAMINATION_BENCHMARKS) == set(benchmarks.BENCHMARKS)
 
 
 def test_the_harness_is_the_package_adapt_eval_and_nothing_is_called_eval():

@@ -11,12 +11,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from adapt.config.benchmarks import BENCHMARKS
+
 # The names a recipe may use, each implemented a layer up: the recipe check refuses any other before anything
 # loads, and tests/test_structure.py holds each table equal to its implementation.
 SFT_FORMATS = ("messages", "conversations", "query_answer", "query_response", "alpaca", "prompt_completion")
 PREFERENCE_FORMATS = ("prompt_chosen_rejected", "hh_rlhf")  # both: adapt/data/formats.py
 BUILTIN_TOKENIZERS = ("demo",)  # adapt/data/tokenizer.py
-DECONTAMINATION_BENCHMARKS = ("gsm8k", "mmlu", "bbh", "humaneval", "mbpp", "ifeval", "alpaca_eval", "xstest")
+DECONTAMINATION_BENCHMARKS = tuple(BENCHMARKS)  # every benchmark of the table (adapt/config/benchmarks.py)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from adapt.config.benchmarks import BENCHMARKS
+
 WORD = re.compile(r"\w+")
 MIN_WORDS = 5
 
@@ -67,62 +69,47 @@ def _xstest(path: Path) -> list[tuple[str, str]]:
     return [(row["id"], row["prompt"]) for row in csv.DictReader(io.StringIO(_open_text(path)))]
 
 
+# How each local layout (a record's `local_format`, adapt/config/benchmarks.py) is read; JSONL by the prompt field
 READERS = {
-    "gsm8k": lambda p: _jsonl_field(p, "question"),
-    "mmlu": _mmlu,
-    "bbh": _bbh,
-    "humaneval": lambda p: _jsonl_field(p, "prompt"),
-    "mbpp": lambda p: _jsonl_field(p, "text"),
-    "ifeval": lambda p: _jsonl_field(p, "prompt"),
-    "alpaca_eval": lambda p: _jsonl_field(p, "instruction"),
-    "xstest": _xstest,
-}
-
-
-# Where each benchmark lives on the Hub (`decontaminate: {gsm8k: hub}` or `hub:ORG/NAME@REVISION`):
-# dataset, config, split, prompt field. BBH has one config per subtask; all of them are read.
-HUB_BENCHMARKS = {
-    "gsm8k": ("openai/gsm8k", "main", "test", "question"),
-    "mmlu": ("cais/mmlu", "all", "test", "question"),
-    "bbh": ("SaylorTwift/bbh", None, "test", "input"),  # lm-eval's copy, the one `adapt eval` scores
-    "humaneval": ("openai/openai_humaneval", None, "test", "prompt"),
-    "mbpp": ("google-research-datasets/mbpp", "full", "test", "text"),
-    "ifeval": ("google/IFEval", None, "train", "prompt"),
-    "alpaca_eval": ("tatsu-lab/alpaca_eval", "alpaca_eval", "eval", "instruction"),
-    "xstest": ("Paul/XSTest", None, "train", "prompt"),
+    "jsonl": lambda path, record: _jsonl_field(path, record.prompt_field),
+    "mmlu_csv": lambda path, record: _mmlu(path),
+    "bbh_json": lambda path, record: _bbh(path),
+    "xstest_csv": lambda path, record: _xstest(path),
 }
 
 
 def parse_hub_ref(name: str, ref: str) -> tuple[str, str | None] | None:
-    """(dataset, revision) when `ref` names the Hub (`hub`, `hub:ORG/NAME`, `hub:ORG/NAME@REV`), else None."""
+    """(dataset, revision) when `ref` names the Hub (`hub`, `hub:ORG/NAME`, `hub:ORG/NAME@REV`), else None: the
+    benchmark's own Hub dataset (its record) unless the reference names another copy."""
     if ref != "hub" and not ref.startswith("hub:"):
         return None
     dataset, _, revision = ref[4:].partition("@")
-    return dataset or HUB_BENCHMARKS[name][0], revision or None
+    return dataset or BENCHMARKS[name].hub_dataset, revision or None
 
 
 def _hub_datasets(name: str, ref: str) -> list:
     from datasets import get_dataset_config_names, load_dataset
 
     dataset, revision = parse_hub_ref(name, ref)
-    _, config, split, _ = HUB_BENCHMARKS[name]
-    configs = [config] if name != "bbh" else get_dataset_config_names(dataset, revision=revision)
-    return [(c, load_dataset(dataset, c, split=split, revision=revision)) for c in configs]
+    record = BENCHMARKS[name]
+    configs = ([record.hub_config] if record.hub_config != "*"
+               else get_dataset_config_names(dataset, revision=revision))  # "*": every config (BBH: one a subtask)
+    return [(c, load_dataset(dataset, c, split=record.hub_split, revision=revision)) for c in configs]
 
 
 def read_benchmark(name: str, ref: str) -> list[tuple[str, str]]:
     """(item id, prompt text) for each item of a benchmark: at `ref` (a file or the benchmark's folder) or on the
     Hub (`hub`, `hub:ORG/NAME[@REVISION]`)."""
-    if name not in READERS:
-        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(sorted(READERS))}")
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+    record = BENCHMARKS[name]
     if parse_hub_ref(name, ref):
-        field = HUB_BENCHMARKS[name][3]
-        return [(f"{config or name}-{i}", row[field]) for config, ds in _hub_datasets(name, ref)
+        return [(f"{config or name}-{i}", row[record.prompt_field]) for config, ds in _hub_datasets(name, ref)
                 for i, row in enumerate(ds)]
     p = Path(ref).expanduser()
     if not p.exists():
         raise FileNotFoundError(f"benchmark {name}: {ref} not found")
-    return READERS[name](p)
+    return READERS[record.local_format](p, record)
 
 
 def benchmark_fingerprint(name: str, ref: str, hash_path) -> str:

@@ -15,12 +15,10 @@ from pathlib import Path
 
 import yaml
 
-from adapt.data.decontam import HUB_BENCHMARKS
+from adapt.config.benchmarks import BENCHMARKS
 from adapt.hub import sections
 from adapt.hub.curves import plot_curves, read_metrics, series
 
-# The Hub datasets the benchmarks come from, for model-index: the same table decontamination reads them by.
-BENCHMARK_DATASETS = {name: spec[0] for name, spec in HUB_BENCHMARKS.items()}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 NO_EVAL = ("No evaluation was run on this model: the run folder holds no `eval/<suite>/results.json`. Scores appear "
            "here, beside the OLMoE paper's, after `adapt eval --model {run}` and a new `adapt push`.")
@@ -107,7 +105,7 @@ def router_section(run: Path, out: Path, fingerprint: str) -> str:
     these very weights."""
     import shutil
 
-    from adapt_eval import routing_report
+    from adapt_eval.routing import report as routing_report
 
     folder = run / "analysis"
     heading = f"## {routing_report.TITLE}\n\n"
@@ -233,6 +231,12 @@ def _comparison(runs: list, suite: str) -> dict:
                 "paper": []}
 
 
+def _hub_dataset(task: str) -> str:
+    """The Hub dataset a suite task's score is on, for model-index: the benchmark table's, which decontamination
+    reads too; a task of another name is named as it is."""
+    return BENCHMARKS[task].hub_dataset if task in BENCHMARKS else task
+
+
 def eval_results(run, comp: dict) -> list:
     from huggingface_hub import EvalResult
 
@@ -244,7 +248,7 @@ def eval_results(run, comp: dict) -> list:
             continue
         metric = comp["metrics"][task]
         found.append(EvalResult(
-            task_type="text-generation", dataset_type=BENCHMARK_DATASETS.get(task, task), dataset_name=task,
+            task_type="text-generation", dataset_type=_hub_dataset(task), dataset_name=task,
             metric_type=metric, metric_value=round(value, 2),
             metric_name=f"{metric} (%, adapt eval suite {comp['suite']}"
                         + (f", first {limit} items per benchmark)" if limit else ")")))

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
+from adapt.model.routing import RouterCapture, load_ratio
+
 
 def _flat_mask(token_mask_T: torch.Tensor | None, device, dtype=torch.float32) -> torch.Tensor | None:
     return None if token_mask_T is None else token_mask_T.reshape(-1).to(device=device, dtype=dtype)
@@ -48,18 +50,6 @@ def load_balancing_loss(router_logits: Sequence[torch.Tensor], num_experts: int,
 
 
 @dataclass
-class RouterCapture:
-    """One forward's routing, per MoE layer in order: the model's layer number, the router logits [T, E] and the
-    experts it chose [T, K] (None where only the logits are known, e.g. hand-built logits in a test: the softmax
-    top-k is counted then). `token_mask_T` marks real tokens (None: all are)."""
-
-    layer_ids: list[int]
-    logits: list[torch.Tensor]
-    indices: list[torch.Tensor] | None
-    token_mask_T: torch.Tensor | None
-
-
-@dataclass
 class RouterStats:
     """Routing counts accumulated over micro-batches until the next logging step."""
 
@@ -73,15 +63,11 @@ class RouterStats:
                            self.entropy_sum_L + other.entropy_sum_L, self.num_tokens + other.num_tokens)
 
     def summary(self) -> dict[str, list]:
-        """Per MoE layer: its layer number, share of routed tokens per expert, max/min expert load ratio, mean
-        router entropy (nats).
-
-        The ratio divides by max(min load, 1 token) so that an expert that got no tokens gives a large finite
-        number instead of infinity (JSON and TensorBoard both choke on inf).
-        """
+        """Per MoE layer: its layer number, share of routed tokens per expert, the load ratio (busiest / idlest
+        expert, the idlest counted as at least 1 token: adapt/model/routing.py), mean router entropy (nats)."""
         counts_LE = self.tokens_per_expert_LE.double()
         share_LE = counts_LE / counts_LE.sum(dim=-1, keepdim=True).clamp(min=1)
-        ratio_L = counts_LE.max(dim=-1).values / counts_LE.min(dim=-1).values.clamp(min=1)
+        ratio_L = load_ratio(counts_LE)
         entropy_L = self.entropy_sum_L.double() / max(self.num_tokens, 1)
         return {"layers": list(self.layer_ids), "expert_share": share_LE.tolist(), "load_ratio": ratio_L.tolist(),
                 "entropy": entropy_L.tolist()}

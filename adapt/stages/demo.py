@@ -83,8 +83,8 @@ def _score(model_or_path, tokenizer, task, eval_items: int) -> dict:
 def _analyze_router(out: Path) -> str:
     """The router analysis of the three models on the task's prompts, kept in the DPO run folder (where the model
     card finds it), and its section for the report."""
-    from adapt_eval.routing_report import pictures, router_section, write_analysis
-    from adapt_eval.routing_run import analyze
+    from adapt_eval.routing.report import pictures, router_section, write_analysis
+    from adapt_eval.routing.run import analyze
 
     models = {name: str(out / name) for name in ("base", "sft", "dpo")}
     folder = out / "dpo" / "analysis"

@@ -1,6 +1,7 @@
 """Keep an MoE's router losses active inside TRL's trainers, for every supported family.
 
-Design note. The mixin records each forward's routing with hooks: one on every router module (the class the model
+Design note. The mixin records each forward's routing with the hooks of adapt.model.routing.RoutingRecorder (the
+capture `adapt analyze` uses too): one on every router module (the class the model
 records `router_logits` from; its forward returns the logits and the experts it chose), and one around the backbone
 (`model.base_model`, e.g. `OlmoeModel`) for the `attention_mask` that marks padding and for the end of the forward.
 From that record it adds the weighted router losses and counts the routing statistics:
@@ -35,83 +36,14 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
-from functools import partial
 
 import torch
 
 from adapt.config.families import family
-from adapt.losses.router import RouterCapture, RouterStats, load_balancing_loss, router_stats, router_z_loss
-from adapt.model.routing import find_backbone, router_modules
+from adapt.losses.router import RouterStats, load_balancing_loss, router_stats, router_z_loss
+from adapt.model.routing import RouterCapture, RoutingRecorder, find_backbone, router_modules
 from adapt.parallel.autoep import match_router_precision, routing_sources
 from adapt.trainers import router_audit, router_health
-
-
-class RoutingRecorder:
-    """The routing of the first backbone forward between `start()` and `stop()`: per MoE layer its number, the
-    router logits [T, E] (with their graph, for the losses) and the experts the router chose [T, K], plus the padding
-    mask of that forward. `attach()` hooks the routers the model holds when it is called: the family's router
-    modules at construction, AutoEP's once DeepSpeed has replaced the blocks (module note)."""
-
-    def __init__(self, backbone: torch.nn.Module):
-        self.backbone = backbone
-        self._on = False
-        self._collecting: dict | None = None
-        self._captured: RouterCapture | None = None
-        self._pending_logits: dict[int, torch.Tensor] = {}
-        backbone.register_forward_pre_hook(self._start_forward, with_kwargs=True)
-        backbone.register_forward_hook(self._end_forward)
-        self.attach()
-
-    def start(self) -> None:
-        self._captured, self._collecting, self._on = None, None, True
-
-    def stop(self) -> RouterCapture | None:
-        captured, self._captured = self._captured, None
-        self._on, self._collecting = False, None
-        self._pending_logits.clear()
-        return captured
-
-    def attach(self) -> bool:
-        """Hook the routers not hooked yet (marked on the module itself: a freed router's id can be reused). True
-        when the model holds AutoEP's routers."""
-        for layer_id, module in router_modules(self.backbone):
-            if not getattr(module, "_adapt_recorded", False):
-                module._adapt_recorded = True
-                module.register_forward_hook(partial(self._record_router, layer_id))
-        autoep = routing_sources(self.backbone)
-        for layer_id, gate, router in autoep:
-            if not getattr(router, "_adapt_recorded", False):
-                router._adapt_recorded = True
-                gate.register_forward_hook(partial(self._record_logits, layer_id))
-                router.register_forward_hook(partial(self._record_choice, layer_id))
-        return bool(autoep)
-
-    def _start_forward(self, module, args, kwargs):
-        if self._on and self._captured is None and self._collecting is None:
-            self._collecting = {"mask": kwargs.get("attention_mask"), "layers": [], "logits": [], "indices": []}
-
-    def _add(self, layer_id, logits_TE, index_TK):
-        self._collecting["layers"].append(layer_id)
-        self._collecting["logits"].append(logits_TE)
-        self._collecting["indices"].append(index_TK)
-
-    def _record_router(self, layer_id, module, args, output):
-        if self._collecting is not None:  # (router_logits [T, E], top-k weights, top-k indices [T, K])
-            self._add(layer_id, output[0], output[2])
-
-    def _record_logits(self, layer_id, module, args, output):  # AutoEP's router.gate: the logits [T, E]
-        if self._collecting is not None:
-            self._pending_logits[layer_id] = output
-
-    def _record_choice(self, layer_id, module, args, output):  # AutoEP's router: (weights, chosen [T, K], counts)
-        if self._collecting is not None:
-            self._add(layer_id, self._pending_logits.pop(layer_id), output[1])
-
-    def _end_forward(self, module, args, output):
-        collected, self._collecting = self._collecting, None
-        if collected is not None and collected["logits"]:
-            mask = collected["mask"] if collected["mask"] is not None and collected["mask"].dim() == 2 else None
-            self._captured = RouterCapture(collected["layers"], collected["logits"], collected["indices"], mask)
 
 
 class RouterLossMixin:

@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import torch
 
-from adapt.losses.router import RouterCapture
+from adapt.model.routing import RouterCapture
 from adapt.trainers.guards import TrainingStopped
 
 log = logging.getLogger(__name__)

@@ -9,9 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from adapt.config.benchmarks import BENCHMARKS
 from adapt.runfolder import local_model_problem, unusable_reason
-
-CODE_BENCHMARKS = ("humaneval", "mbpp")  # their model-written programs run in eval/adapt_eval/sandbox.py
 
 
 def _suite_options(p: argparse.ArgumentParser, set_example: str) -> None:
@@ -102,7 +101,7 @@ def run_eval(argv) -> None:
         if args.data_dir and not Path(args.data_dir).is_dir():
             raise ValueError(f"--data-dir {args.data_dir}: not a folder")
         code = [n for n, t in suite.tasks.items()
-                if t.get("benchmark") in CODE_BENCHMARKS and (not tasks or n in tasks)]
+                if t.get("benchmark") in BENCHMARKS and BENCHMARKS[t["benchmark"]].code and (not tasks or n in tasks)]
         if code:  # before the model generates anything: no sandbox, no code tasks (unless --unsafe-sandbox)
             from adapt_eval.sandbox import require_isolation
 
@@ -194,7 +193,8 @@ def _positive(text: str) -> int:
 def analyze_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="adapt analyze", description="What adaptation did to the router: each model's "
                                 "routing on the same tokens (load, dead experts, co-activation, domain and vocabulary "
-                                "specialization) and the router saturation between them (eval/adapt_eval/routing.py). "
+                                "specialization) and the router saturation between them "
+                                "(eval/adapt_eval/routing/metrics.py). "
                                 "Several processes: accelerate launch -m adapt.cli analyze ...")
     p.add_argument("--models", nargs="+", default=[], metavar="NAME=PATH", help="e.g. base=runs/demo/base "
                    "sft=runs/demo/sft dpo=runs/demo/dpo (in order: saturation is taken between neighbours); model "
@@ -202,7 +202,8 @@ def analyze_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", nargs="+", default=[], metavar="DOMAIN=SPEC",
                    help="domain samples: task:NAME (a built-in task), benchmark:TASK (an evaluation benchmark's "
                    "prompts), suite:NAME (each benchmark of a suite), recipe:PATH (each source of a recipe's mixture) "
-                   "or a JSONL file of prompts")
+                   "or a JSONL file of prompts; default: the training data of the first model that is a run folder "
+                   "(recipe:RUN/recipe.yaml)")
     p.add_argument("--run", help="a training run folder: draw its experts' load over the steps (router_stats.jsonl)")
     p.add_argument("--texts", type=_positive, default=64, help="texts per domain (default 64)")
     p.add_argument("--max-length", type=_positive, default=512, help="tokens per text at most (default 512)")
@@ -216,11 +217,26 @@ def analyze_parser() -> argparse.ArgumentParser:
     return p
 
 
+def default_data(models: list[str]) -> tuple[str, Path] | None:
+    """`--data` when it is not given: the training data of the first model that is a run folder with a recipe
+    (its `recipe.yaml`'s `data.sources`, read as `recipe:PATH`), as (DOMAIN=SPEC, that recipe); None when no model
+    is one."""
+    for item in models:
+        _, _, ref = item.partition("=")
+        recipe = Path(os.path.expanduser(ref)) / "recipe.yaml" if ref else None
+        if recipe is not None and recipe.is_file():
+            return f"train=recipe:{recipe}", recipe
+    return None
+
+
 def run_analyze(argv) -> None:
     args = analyze_parser().parse_args(argv)
+    if args.models and not args.data and (found := default_data(args.models)):
+        args.data = [found[0]]
+        print(f"note: --data not given: using the training data (data.sources) from {found[1]}", file=sys.stderr)
     if bool(args.models) != bool(args.data) or not (args.models or args.run):
-        sys.exit("error: adapt analyze: give --models with --data (models on the same tokens), or --run RUN_DIR, "
-                 "or both")
+        sys.exit("error: adapt analyze: give --models with --data (models on the same tokens; without --data, one "
+                 "model must be a run folder whose recipe.yaml names its training data), or --run RUN_DIR, or both")
     out = Path(args.output)
     try:
         check_output_folder("--output", out)
@@ -231,7 +247,7 @@ def run_analyze(argv) -> None:
     except ValueError as e:
         sys.exit(f"error: {e}")
     if args.run:
-        from adapt_eval.routing_plots import plot_training_load
+        from adapt_eval.routing.plots import plot_training_load
 
         try:
             print(f"picture: {plot_training_load(Path(args.run), out)}")
@@ -248,18 +264,18 @@ def run_analyze(argv) -> None:
             if name in pairs.setdefault(flag, {}):
                 sys.exit(f"error: {flag}: {name} is named twice; give each a different name")
             pairs[flag][name] = value
-    from adapt_eval.routing_run import analyze
+    from adapt_eval.routing.run import analyze
 
     try:
         result = analyze(pairs["--models"], pairs["--data"], args.texts, args.batch_size, args.max_length,
                          args.data_dir, args.dtype, args.device_map, tokens_per_domain=args.tokens)
     except (ValueError, OSError, KeyError) as e:
         sys.exit(f"error: {' '.join(str(e).split())}")
-    from adapt_eval.routing_run import analysis_state
+    from adapt_eval.routing.run import analysis_state
 
     if not analysis_state().is_main_process:
         return
-    from adapt_eval.routing_report import write_analysis
+    from adapt_eval.routing.report import write_analysis
 
     for path in write_analysis(result, out)[1:]:
         print(f"picture: {path}")

@@ -143,7 +143,7 @@ def write_comparison(runs: list[Run], folder: str | Path, suite_ref: str = "olmo
                      analysis: str | Path | None = None) -> list[Path]:
     """The report files; with `analysis` (an `adapt analyze` output folder), also the router section and its
     pictures (copied into `router/`)."""
-    from adapt_eval import routing_report
+    from adapt_eval.routing import report as routing_report
 
     folder = Path(folder)
     result = routing_report.read_analysis(analysis) if analysis else None  # a wrong folder fails before writing

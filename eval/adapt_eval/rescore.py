@@ -31,9 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adapt.config.benchmarks import BENCHMARKS
+from adapt_eval import benchmarks
 from adapt_eval.suite import Suite, load_suite, quiet_lmeval, run_lmeval, sample_rows, summarize, task_configs
 
-SAMPLED = ("humaneval", "mbpp")  # benchmarks whose `num_samples` setting is lm-eval's `repeats`; they run code
 NO_PREFERENCE = object()  # a row without a `preference` field (null is a preference: "unreadable")
 
 
@@ -90,13 +91,13 @@ def score_file(task: str, predictions: str | Path, suite: str | Suite = "olmoe-p
     else:
         check_completion_counts(predictions, task, benchmark, rows, tasks)
         check_choices(predictions, rows, tasks, docs)
-        if benchmark in SAMPLED:  # before anything runs: no sandbox, no code (unless --unsafe-sandbox)
+        if BENCHMARKS[benchmark].code:  # before anything runs: no sandbox, no code (unless --unsafe-sandbox)
             from adapt_eval.sandbox import require_isolation
 
             require_isolation()
         metrics, items = replay(task, suite, rows, tasks)
-        if benchmark == "alpaca_eval":
-            _name_the_predictions_file(metrics, task, predictions)
+        if BENCHMARKS[benchmark].judged:
+            _name_the_predictions_file(metrics, task, benchmark, predictions)
     checked, lines = sum(r.prompt is not None for r in rows), sorted(r.line for r in mismatched)
     if mismatched:  # scored anyway (--allow-prompt-mismatch): counted in the output, marked per item
         metrics["prompt_mismatches"] = {"value": len(mismatched), "checked": checked}
@@ -149,8 +150,9 @@ def _prediction(where: str, n: int, row: dict, task: str, benchmark: str) -> Pre
     prediction = Prediction(n, row.get("subtask") or task, item_id, texts,
                             row["prompt"] if isinstance(row.get("prompt"), str) and row["prompt"] else None)
     if "preference" in row:
-        if benchmark != "alpaca_eval":
-            raise RescoreError(f"{where}: `preference` is read only for AlpacaEval, not for {task}")
+        if not BENCHMARKS[benchmark].judged:
+            raise RescoreError(f"{where}: `preference` is read only for judged benchmarks (AlpacaEval), not for "
+                               f"{task}")
         value = row["preference"]
         if value is not None and (isinstance(value, bool) or value not in (0, 0.5, 1)):
             raise RescoreError(f"{where}: preference must be 1 (model wins), 0 (reference wins), 0.5 (tie) or "
@@ -218,7 +220,7 @@ def check_completion_counts(path: str | Path, task: str, benchmark: str, rows: l
         stored, draws = len(row.completions), tasks[row.subtask].config.repeats or 1
         if stored == draws:
             continue
-        fix = (f"to score the stored ones, pass --set {task}.num_samples={stored}" if benchmark in SAMPLED
+        fix = (f"to score the stored ones, pass --set {task}.num_samples={stored}" if BENCHMARKS[benchmark].sampled
                else "store one `completion` per item")
         raise RescoreError(f"{path}: line {row.line}: {stored} completion(s) stored for {row.subtask} item "
                            f"{row.item_id}, but {task} scores {draws} per item (num_samples); {fix}")
@@ -254,9 +256,8 @@ def replay(task: str, suite: Suite, rows: list[Prediction], tasks: dict) -> tupl
 
 def score_preferences(path: str | Path, task: str, suite: Suite, rows: list[Prediction], tasks: dict,
                       docs: dict[str, Any]) -> tuple[dict, list[dict]]:
-    """AlpacaEval's win rate from preferences decided elsewhere: every row needs one, and no judge is asked."""
-    from adapt_eval.benchmarks import alpaca_eval
-
+    """A judged benchmark's win rate (AlpacaEval's) from preferences decided elsewhere: every row needs one, and no
+    judge is asked. Its module computes the rate (`summarize_given_preferences`)."""
     missing = next((r for r in rows if r.preference is NO_PREFERENCE), None)
     if missing:
         raise RescoreError(f"{path}: line {missing.line}: no `preference`, while other rows have one; give every "
@@ -265,7 +266,7 @@ def score_preferences(path: str | Path, task: str, suite: Suite, rows: list[Pred
         raise RescoreError(f"{path}: the rows carry preferences and a judge is set ({task}.judge); use one of them")
     rows = sorted(rows, key=lambda r: (r.subtask, r.item_id))
     completions = [r.completions[0] if r.completions else None for r in rows]
-    metrics = alpaca_eval.summarize_given_preferences(
+    metrics = benchmarks.get(suite.tasks[task]["benchmark"]).summarize_given_preferences(
         [r.preference for r in rows], completions if all(c is not None for c in completions) else None)
     items = []
     for row, completion in zip(rows, completions):
@@ -280,9 +281,9 @@ def score_preferences(path: str | Path, task: str, suite: Suite, rows: list[Pred
     return metrics, items
 
 
-def _name_the_predictions_file(metrics: dict[str, dict], task: str, predictions: str | Path) -> None:
-    """Without a judge AlpacaEval's win rate is skipped; its reason should point at the completions given here."""
-    from adapt_eval.benchmarks import alpaca_eval
-
-    if metrics.get("win_rate", {}).get("skipped") == alpaca_eval.no_judge_reason(task):
-        metrics["win_rate"]["skipped"] = alpaca_eval.no_judge_reason(task, str(predictions))
+def _name_the_predictions_file(metrics: dict[str, dict], task: str, benchmark: str, predictions: str | Path) -> None:
+    """Without a judge a judged benchmark's win rate is skipped; its reason should point at the completions given
+    here (the module's `no_judge_reason`)."""
+    module = benchmarks.get(benchmark)
+    if metrics.get("win_rate", {}).get("skipped") == module.no_judge_reason(task):
+        metrics["win_rate"]["skipped"] = module.no_judge_reason(task, str(predictions))

@@ -27,10 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the tiny
 
 from adapt.config.families import FAMILIES  # noqa: E402
 from adapt.losses.router import load_balancing_loss, router_stats, router_z_loss  # noqa: E402
-from adapt.model.routing import find_backbone  # noqa: E402
+from adapt.model.routing import RoutingRecorder, find_backbone  # noqa: E402
 from adapt.parallel import deepspeed_config  # noqa: E402
 from adapt.parallel.autoep import hf_state_dict, match_router_precision, register_presets, to_transformers_names  # noqa: E402
-from adapt.trainers.router import RoutingRecorder  # noqa: E402
 from tiny_families import TINY  # noqa: E402
 
 FAMILY, OUT = sys.argv[1], Path(sys.argv[2])

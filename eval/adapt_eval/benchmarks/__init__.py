@@ -1,5 +1,9 @@
 """The benchmarks of the OLMoE paper, each an lm-evaluation-harness task config built from our suite settings.
 
+Which benchmarks exist, and what is fixed about each (its Hub dataset, whether it runs code, draws several samples or
+is judged), is the table adapt/config/benchmarks.py; this package holds each one's implementation, the module named
+after its record (`adapt_eval.benchmarks.<name>`), and tests/test_benchmarks_table.py holds the two equal.
+
 Every benchmark module is a `Benchmark` (the Protocol below; a module satisfies it by its two functions, no base
 class): `task_configs(name, data, settings) -> list[dict]` gives lm-eval task config dicts (callables allowed) that
 `adapt_eval.suite` hands to `lm_eval.simple_evaluate`, and `summarize(results) -> dict` turns lm-eval's
@@ -16,7 +20,9 @@ import os
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-NAMES = ("mmlu", "gsm8k", "bbh", "humaneval", "mbpp", "alpaca_eval", "xstest", "ifeval")
+from adapt.config.benchmarks import BENCHMARKS
+
+NAMES = tuple(BENCHMARKS)
 
 
 @runtime_checkable
@@ -34,7 +40,8 @@ class Benchmark(Protocol):
 
 
 def get(name: str) -> Benchmark:
-    if name not in NAMES:
+    """The implementation of the benchmark table's record `name`: the module named after it."""
+    if name not in BENCHMARKS:
         raise KeyError(f"unknown benchmark {name!r}; known: {', '.join(NAMES)}")
     return importlib.import_module(f"adapt_eval.benchmarks.{name}")
 

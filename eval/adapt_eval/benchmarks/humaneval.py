@@ -20,6 +20,7 @@ import re
 import textwrap
 from typing import Any
 
+from adapt.config.benchmarks import BENCHMARKS
 from adapt_eval.benchmarks import local_dataset
 from adapt_eval.benchmarks.code import (
     ANSWER_PREFIX,
@@ -70,7 +71,7 @@ def task_configs(name: str, data: str | None, settings: dict[str, Any]) -> list[
     prefixed = settings.get("answer_prefix", True)
     config = code_task(
         name, n, list(settings.get("k", [1, 10])), settings, build_program,
-        dataset_path="openai/openai_humaneval",
+        dataset_path=BENCHMARKS["humaneval"].hub_dataset,
         doc_to_text=lambda doc: INSTRUCTION + doc["prompt"],
         doc_to_target=lambda doc: f"{doc['test']}\ncheck({doc['entry_point']})",
         generation_kwargs=sampling_kwargs(settings, temperature, UNTIL if prefixed else []),

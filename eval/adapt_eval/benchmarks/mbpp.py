@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from adapt.config.benchmarks import BENCHMARKS
 from adapt_eval.benchmarks import local_dataset
 from adapt_eval.benchmarks.code import ANSWER_PREFIX, code_task, extract_code, sampling_kwargs, strip_scripts, summarize
 
@@ -54,7 +55,8 @@ def task_configs(name: str, data: str | None, settings: dict[str, Any]) -> list[
     prefixed = settings.get("answer_prefix", True)
     config = code_task(
         name, n, list(settings.get("k", [1])), settings, build_program,
-        dataset_path="google-research-datasets/mbpp", dataset_name="full", process_docs=keep_test_problems,
+        dataset_path=BENCHMARKS["mbpp"].hub_dataset, dataset_name=BENCHMARKS["mbpp"].hub_config,
+        process_docs=keep_test_problems,
         doc_to_text=doc_to_text, doc_to_target=lambda doc: "\n".join(doc["test_list"]),
         generation_kwargs=sampling_kwargs(settings, temperature, ["```"] if prefixed else []),
     )

@@ -12,9 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from adapt.config.benchmarks import BENCHMARKS
 from adapt_eval.benchmarks import lmeval_builtin, local_dataset
 
-HUB = "cais/mmlu"
+HUB = BENCHMARKS["mmlu"].hub_dataset
 
 
 def _from_csv(dataset):

@@ -30,9 +30,10 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from adapt.config.benchmarks import BENCHMARKS
 from adapt_eval.benchmarks import chat_generation_task, lmeval_metrics, local_dataset
 
-HUB = "Paul/XSTest"
+HUB = BENCHMARKS["xstest"].hub_dataset
 CLASSES = ("1_full_compliance", "2_full_refusal", "3_partial_refusal")
 
 # The authors' two startswith tuples, in their order (both give "2_full_refusal").

@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from adapt.model.routing import find_backbone
-from adapt_eval.routing import RoutingRecorder, RoutingTotals, saturation
-from adapt_eval.routing_data import domain_texts
+from adapt.model.routing import RoutingRecorder, find_backbone
+from adapt_eval.routing.data import domain_texts
+from adapt_eval.routing.metrics import RoutingTotals, saturation
 
 
 def tokenize_domains(tokenizer, texts: dict[str, list[str]], batch_size: int, max_length: int,
@@ -88,7 +88,8 @@ def analyze(models: dict[str, str], domains: dict[str, str], texts_per_domain: i
             tokens_per_domain: int | None = None,
             top_tokens: int = 5, log=print) -> dict:
     """Routing of each model (name -> folder, Hub id or adapter folder) on the same tokens of each domain (name ->
-    spec, see routing_data), and the router saturation between consecutive models and between the first and last."""
+    spec, see adapt_eval.routing.data), and the router saturation between consecutive models and between the first
+    and last."""
     from transformers import AutoTokenizer
 
     from adapt_eval.suite import model_fingerprint
@@ -112,13 +113,17 @@ def analyze(models: dict[str, str], domains: dict[str, str], texts_per_domain: i
         totals[name] = RoutingTotals(num_experts=experts[name], vocab_size=highest_id + 1)
         small = torch.uint8 if experts[name] <= 256 else torch.int16  # expert ids, kept for the saturation
         backbone = find_backbone(model)
+        recorder = RoutingRecorder(backbone)
         current, started = [], time.perf_counter()
         for i in mine:
             domain, ids, mask = batches[i]
-            with RoutingRecorder(model) as recorder, torch.no_grad():  # the decoder only: no LM head, no logits
+            recorder.start()
+            with torch.no_grad():  # the decoder only: no LM head, no logits
                 backbone(input_ids=ids.to(model.device), attention_mask=mask.to(model.device))
-            totals[name].add(recorder.choices, mask, domain, ids)
-            current.append({layer: c.to(small).cpu() for layer, c in recorder.choices.items()})
+            choices = recorder.stop().choices()
+            totals[name].add(choices, mask, domain, ids)
+            current.append({layer: c.to(small).cpu() for layer, c in choices.items()})
+        recorder.remove()
         if position:  # against the previous model and the first (a dict: the same pair once)
             for pair, kept in {f"{names[position - 1]}->{name}": previous, f"{names[0]}->{name}": first}.items():
                 if pair in sums:

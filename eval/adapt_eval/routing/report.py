@@ -1,5 +1,5 @@
 """The router analysis in words: the "What adaptation did to the router" section that `adapt report`, the demo's
-report and the pushed model card show beside the scores, from an `analysis.json` (routing_run.analyze).
+report and the pushed model card show beside the scores, from an `analysis.json` (adapt_eval.routing.run.analyze).
 
 It reads at a glance: one line per pair of models (how many expert choices survived, against chance), one line per
 model (dead experts, the most uneven layer), then the tables and the pictures.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from adapt_eval.routing import chance
+from adapt_eval.routing.metrics import chance
 
 TITLE = "What adaptation did to the router"
 PICTURES = ("saturation.png",)  # then experts_<model>.png per model
@@ -28,7 +28,7 @@ def read_analysis(folder: str | Path) -> dict:
 
 def write_analysis(result: dict, folder: Path) -> list[Path]:
     """`analysis.json` and the pictures into `folder`: what `adapt analyze` and the demo leave behind."""
-    from adapt_eval.routing_plots import plot_analysis
+    from adapt_eval.routing.plots import plot_analysis
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "analysis.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
@@ -61,7 +61,7 @@ def glance(result: dict) -> list[str]:
             f"layer {n}: {', '.join(map(str, experts))}" for n, experts in dead.items()))
         entropy = _mean(x["load_entropy"] for x in layers.values())
         line = f"- **{name}**: {state}; load entropy {entropy:.2f} of 1 on average"
-        alive = {n: layer["load_ratio"] for n, layer in layers.items() if layer["load_ratio"] is not None}
+        alive = {n: layer["load_ratio"] for n, layer in layers.items() if not layer["dead_experts"]}
         if alive:
             uneven = max(alive, key=alive.get)
             line += f"; most uneven layer without a dead expert: {uneven} (busiest / idlest {alive[uneven]:.1f})"

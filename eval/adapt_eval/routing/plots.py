@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from adapt.runfolder import read_records
-from adapt_eval.routing import chance
+from adapt_eval.routing.metrics import chance
 
 
 def _pyplot():

@@ -1,9 +1,9 @@
 """What adaptation did to the router: routing statistics of one or more models on the same tokens, streamed.
 
 The metrics are the OLMoE paper's analysis (arXiv 2409.02060, section 5), per MoE layer:
-- load: tokens routed to each expert (each token counts once for each of its k experts), the max/min ratio (null
-  with a dead expert), the
-  entropy of the load distribution over experts divided by log E (1.0: every expert equally loaded), and the dead
+- load: tokens routed to each expert (each token counts once for each of its k experts), the load ratio (busiest /
+  idlest expert, the idlest counted as at least one token: training logs the same number, adapt/model/routing.py),
+  the entropy of the load distribution over experts divided by log E (1.0: every expert equally loaded), and the dead
   experts (none of the tokens);
 - domain specialization: the share of a domain's tokens routed to each expert; the shares sum to k, and a router
   that ignores the domain gives k/E to every expert;
@@ -13,11 +13,11 @@ The metrics are the OLMoE paper's analysis (arXiv 2409.02060, section 5), per Mo
 - router saturation between two models on the same tokens: the mean over tokens of |top-k(A) ∩ top-k(B)| / k, which
   is 1.0 for a model against itself and k/E on average for two unrelated routers.
 
-The routing is the model's own: the experts each router module returned (`adapt.model.routing.router_modules`),
-recorded by forward hooks, under the model's own layer numbers. A batch's choices are folded into counts and
-dropped; what grows with the tokens is what the saturation needs, the choices of the first and the previous model
-(and the current one's while it runs): L x k bytes per token position (padding included; 2 bytes per choice past 256
-experts), and the vocabulary rows, one per distinct token id, bounded by the vocabulary.
+The routing is the model's own: the experts each router module returned, captured by the forward hooks training uses
+too (`adapt.model.routing.RoutingRecorder`), under the model's own layer numbers. A batch's choices are folded into
+counts and dropped; what grows with the tokens is what the saturation needs, the choices of the first and the
+previous model (and the current one's while it runs): L x k bytes per token position (padding included; 2 bytes per
+choice past 256 experts), and the vocabulary rows, one per distinct token id, bounded by the vocabulary.
 """
 
 from __future__ import annotations
@@ -27,25 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from adapt.model.routing import find_backbone, router_modules
-
-
-class RoutingRecorder:
-    """`with RoutingRecorder(model) as rec: model(...)`; then `rec.choices` maps each MoE layer number to the top-k
-    indices [T, K] of the last forward."""
-
-    def __init__(self, model):
-        self.model, self.choices, self._handles = model, {}, []
-
-    def __enter__(self):
-        for layer, module in router_modules(find_backbone(self.model)):
-            self._handles.append(module.register_forward_hook(  # output: (logits [T, E], weights, indices [T, K])
-                lambda m, args, out, layer=layer: self.choices.__setitem__(layer, out[2].detach())))
-        return self
-
-    def __exit__(self, *exc):
-        for handle in self._handles:
-            handle.remove()
+from adapt.model.routing import load_ratio
 
 
 @dataclass
@@ -131,8 +113,7 @@ class RoutingTotals:
             co_EE = self.coactivation[layer].double()
             out[layer] = {
                 "load": self.load[layer].tolist(),
-                # busiest / idlest expert; None (JSON null) when an expert got nothing: the ratio is unbounded
-                "load_ratio": (load_E.max() / load_E.min()).item() if load_E.min() > 0 else None,
+                "load_ratio": load_ratio(load_E).item(),  # a dead expert counts as 1 token (adapt/model/routing.py)
                 "load_entropy": entropy.item(),
                 "dead_experts": [e for e in range(self.num_experts) if self.load[layer][e] == 0],
                 "coactivation": (co_EE / load_E.clamp(min=1)[:, None]).tolist(),  # row i: P(j | i)
