@@ -11,8 +11,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from trl import DPOConfig, SFTConfig
+import trl
 
+from adapt.config.loss_scale import LossScale
 from adapt.config.sections import (
     SECTION_TYPES,
     DataSection,
@@ -24,8 +25,8 @@ from adapt.config.sections import (
     Range,
     RouterSection,
     SequenceLayout,
-    router_loss_scale,
 )
+from adapt.config.stages import STAGES
 
 # TRL/transformers fields the toolkit sets itself, from its own sections or because it does the work TRL would: a
 # recipe that sets them under `training:` is refused with the fix, and the resolved recipe does not repeat them.
@@ -45,7 +46,15 @@ OWNED_TRAINING_KEYS = {
 
 
 @dataclass
-class _AdaptSections:
+class _Decided:
+    """What the recipe loader decides from the final recipe (adapt/config/recipe.py `_finished`); not recipe keys."""
+
+    # How the loss is reduced and scaled (adapt/config/loss_scale.py); None only in a config built by hand.
+    loss_scale: LossScale | None = field(default=None, metadata={"recipe_key": False})
+
+
+@dataclass
+class _AdaptSections(_Decided):
     """Mixin holding the toolkit's sections; its fields come after TRL's in the dataclass."""
 
     stage: str = field(default="sft", metadata={
@@ -94,19 +103,19 @@ class _AdaptSections:
         d = super().to_dict()
         for name in SECTION_TYPES:
             d[name] = dataclasses.asdict(getattr(self, name))
+        d["loss_scale"] = None if self.loss_scale is None else dataclasses.asdict(self.loss_scale)
         return d
 
     def sequence_layout(self) -> SequenceLayout:
-        """The TRL fields the data layer reads (SFT packs; DPO never does)."""
-        if self.stage != "sft":
+        """The TRL fields the data layer reads (a stage that packs, adapt/config/stages.py, reads the packing too)."""
+        if not STAGES[self.stage].packs:
             return SequenceLayout(self.max_length, num_proc=self.dataset_num_proc)
         return SequenceLayout(self.max_length, self.packing, self.packing_strategy, self.eval_packing,
                               self.dataset_num_proc)
 
     def router_loss_scale(self) -> str:
         """What each router weight multiplies, in words (the header of the run's recipe.yaml, the model card)."""
-        return router_loss_scale(self.stage, self.loss_reduction, self.router.load_balancing_weight,
-                                 self.router.z_loss_weight)
+        return self.loss_scale.words(self.router.load_balancing_weight, self.router.z_loss_weight)
 
     def resolved_recipe(self) -> dict[str, Any]:
         """The fully resolved recipe: every section and every training field, re-loadable by `load_recipe`."""
@@ -119,14 +128,16 @@ class _AdaptSections:
 
 
 @dataclass
-class AdaptSFTConfig(_AdaptSections, SFTConfig):
+class AdaptSFTConfig(_AdaptSections, trl.SFTConfig):
     """`SFTConfig` with the toolkit's sections."""
 
 
 @dataclass
-class AdaptDPOConfig(_AdaptSections, DPOConfig):
+class AdaptDPOConfig(_AdaptSections, trl.DPOConfig):
     """`DPOConfig` with the toolkit's sections."""
 
 
-STAGE_CONFIGS = {"sft": AdaptSFTConfig, "dpo": AdaptDPOConfig}
-TRL_CONFIGS = {"sft": SFTConfig, "dpo": DPOConfig}
+# Per stage of adapt/config/stages.py, its config class and the TRL config that class extends.
+_CONFIG_CLASSES = {cls.__name__: cls for cls in (AdaptSFTConfig, AdaptDPOConfig)}
+STAGE_CONFIGS = {name: _CONFIG_CLASSES[s.config_class] for name, s in STAGES.items()}
+TRL_CONFIGS = {name: getattr(trl, s.trl_config) for name, s in STAGES.items()}

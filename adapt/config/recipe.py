@@ -7,6 +7,7 @@ fields -> files that must exist -> TRL's own `__post_init__` validation (re-rais
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -24,11 +25,10 @@ from adapt.config.sections import (
     BUILTIN_TOKENIZERS,
     DECONTAMINATION_BENCHMARKS,
     LORA_TARGETS,
-    PREFERENCE_FORMATS,
     SECTION_TYPES,
-    SFT_FORMATS,
     DataSource,
 )
+from adapt.config.stages import STAGES
 
 SECTIONS = (*SECTION_TYPES, "training")
 TOP_LEVEL_KEYS = ("stage", *SECTIONS, "overwrite")
@@ -134,22 +134,31 @@ def build_config(raw: dict[str, Any], file: str | None = None, *, check_paths: b
 def _finished(stage: str, sections: dict[str, Any], training: dict[str, Any], raw: dict[str, Any],
               file: str | None) -> dict[str, Any]:
     """Every field the toolkit decides, set here, once, before TRL's config is built; nothing changes it later."""
+    from adapt.config.configs import STAGE_CONFIGS
+    from adapt.config.loss_scale import loss_scale
     from adapt.parallel.launch import launch_settings
 
     data = sections["data"]
     if data.strip is None:  # open-instruct strips every message it renders with the tulu template
         data.strip = sections["model"].chat_template == "tulu"
-    if stage == "sft":
-        # The loss on the assistant turns unless the recipe says otherwise (TRL's default is every token). The labels
-        # are built by adapt/data/tokenize.py, so TRL's own preparation (and its assistant_only_loss) stays off.
+    record = STAGES[stage]
+    if record.token_labels:
+        # The loss on the assistant turns unless the recipe says otherwise (TRL's default is every token).
         data.assistant_only_loss = True if data.assistant_only_loss is None else data.assistant_only_loss
-        training["dataset_kwargs"] = {"skip_prepare_dataset": True}
+    training.update(copy.deepcopy(dict(record.trl_fields)))
+    # How the loss is reduced and scaled, from the final settings (adapt/config/loss_scale.py): the config keeps it,
+    # and the TRL field it decides is set from it.
+    defaults = {f.name: f.default for f in dataclasses.fields(STAGE_CONFIGS[stage])}
+    scale = loss_scale(record, training.get("loss_reduction", defaults["loss_reduction"]),
+                       training.get("average_tokens_across_devices", defaults["average_tokens_across_devices"]))
+    training["average_tokens_across_devices"] = scale.average_tokens_across_devices
     # The toolkit adds the load-balancing term itself, for every family (adapt/trainers/router.py); TRL's own path
     # (which reads `config.num_experts`, absent in several families) stays off.
     training["router_aux_loss_coef"] = 0.0
     training["deepspeed"] = _deepspeed_config(sections["parallel"], file)
     training.update(launch_settings(bool(sections["parallel"].deepspeed), training))  # distributed CPU: gloo
-    return dict(training, stage=stage, overwrite=raw.get("overwrite", False), recipe_path=file, **sections)
+    return dict(training, stage=stage, overwrite=raw.get("overwrite", False), recipe_path=file, loss_scale=scale,
+                **sections)
 
 
 def _or_empty(section: Any) -> Any:
@@ -253,12 +262,12 @@ def _check_contradictions(stage: str, s: dict[str, Any], training: dict[str, Any
         raise RecipeError(file, "model.add_bos", "prepends the BOS through the tulu template; with "
                           "chat_template: tokenizer the tokenizer's own template decides the BOS",
                           "use chat_template: tulu, or drop add_bos")
-    if data.assistant_only_loss is not None and stage != "sft":
-        raise RecipeError(file, "data.assistant_only_loss", "is an SFT label setting: DPO scores the whole chosen and "
-                          "rejected answers", "remove it")
-    if data.train_assistant_newline and stage != "sft":
-        raise RecipeError(file, "data.train_assistant_newline", "is an SFT label setting: in DPO that token's "
-                          "log-prob is the same for chosen and rejected and cancels in the loss", "remove it")
+    record = STAGES[stage]
+    for key, given in (("assistant_only_loss", data.assistant_only_loss is not None),
+                       ("train_assistant_newline", data.train_assistant_newline)):
+        if given and not record.token_labels:
+            raise RecipeError(file, f"data.{key}", f"is a token-label setting (sft); the {stage} stage's loss is "
+                              f"{record.scores}", "remove it")
     if model.config is not None and not model.tokenizer:
         raise RecipeError(file, "model.tokenizer", "a model built from `config` needs a tokenizer",
                           "set `model.tokenizer` to a Hub id, a folder or `builtin:<name>`")
@@ -266,7 +275,7 @@ def _check_contradictions(stage: str, s: dict[str, Any], training: dict[str, Any
         raise RecipeError(file, "data.sources", "no training data", "list at least one source (path, hub or task)")
     from adapt.tasks import TASKS
 
-    formats = SFT_FORMATS if stage == "sft" else PREFERENCE_FORMATS
+    formats = record.formats
     for i, src in enumerate(data.sources):
         given = [k for k in ("path", "hub", "task") if getattr(src, k)]
         if len(given) != 1:
@@ -414,16 +423,15 @@ def _check_peft(s: dict[str, Any], file: str | None, check_hardware: bool) -> No
 
 
 def _check_loss_reduction(stage: str, training: dict[str, Any], file: str | None) -> None:
+    """`sum` only where it means something; the rule itself is decided in `_finished` (adapt/config/loss_scale.py)."""
     if training.get("loss_reduction", "mean") != "sum":
         return
-    if stage != "sft":
-        raise RecipeError(file, "training.loss_reduction", "`sum` is an SFT setting: the DPO loss is a mean over "
-                          "preference pairs in open-instruct and TRL alike", "remove it (or use `mean`)")
+    if not STAGES[stage].token_labels:
+        raise RecipeError(file, "training.loss_reduction", f"`sum` sums a token cross-entropy (sft); the {stage} "
+                          f"stage's loss is {STAGES[stage].scores}", "remove it (or use `mean`)")
     if training.get("average_tokens_across_devices"):
         raise RecipeError(file, "training.average_tokens_across_devices", "contradicts loss_reduction: sum (a summed "
                           "loss is divided by no token count)", "remove it")
-    # TRL would otherwise multiply the summed loss by the number of processes (it expects a global token count).
-    training["average_tokens_across_devices"] = False
 
 
 def _looks_local(ref: str) -> bool:

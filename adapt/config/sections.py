@@ -216,21 +216,6 @@ class RouterSection:
                 "folder is marked stopped with the reason and never complete)."})
 
 
-def router_loss_scale(stage: str, loss_reduction: str, load_balancing_weight: float, z_loss_weight: float) -> str:
-    """One sentence: what the router weights multiply and what the products are added to."""
-    if stage == "dpo":
-        main = "the micro-batch's DPO loss (a mean over its preference pairs; policy forward only)"
-    elif loss_reduction == "sum":
-        main = ("the micro-batch's summed token cross-entropy (training.loss_reduction: sum), the total then divided "
-                "by the accumulation steps and averaged over processes")
-    else:
-        main = ("the global batch's token-mean cross-entropy (training.loss_reduction: mean), each router term "
-                "divided by the accumulation steps")
-    return (f"router.load_balancing_weight {load_balancing_weight:g} multiplies each micro-batch's load-balancing "
-            f"loss (about top_k when balanced) and router.z_loss_weight {z_loss_weight:g} its router z-loss (mean "
-            f"of logsumexp(router logits)^2); both products are added to {main}.")
-
-
 @dataclass
 class ParallelSection:
     """How a stage is spread over GPUs (launched with `accelerate launch`)."""

@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from adapt.config.stages import STAGES
+
 Row = dict[str, Any]
 Messages = list[dict[str, str]]
 
@@ -154,24 +156,26 @@ SFT_FORMATS: dict[str, Callable[[Row], Row]] = {
 PREFERENCE_FORMATS: dict[str, Callable[[Row], Row]] = {
     "prompt_chosen_rejected": from_prompt_chosen_rejected, "hh_rlhf": from_hh_rlhf,
 }
-# Which columns identify a format when a source does not name one (first match wins).
-SIGNATURES = {
-    "sft": [("messages", {"messages"}), ("conversations", {"conversations"}), ("query_answer", {"query", "answer"}),
-            ("query_response", {"query", "response"}), ("alpaca", {"instruction", "output"}),
-            ("prompt_completion", {"prompt", "completion"})],
-    "dpo": [("prompt_chosen_rejected", {"prompt", "chosen", "rejected"}), ("hh_rlhf", {"chosen", "rejected"})],
-}
+CONVERTERS = {**SFT_FORMATS, **PREFERENCE_FORMATS}
+# Which columns identify a format when a source does not name one (the first of the stage's formats that matches).
+SIGNATURES = [
+    ("messages", {"messages"}), ("conversations", {"conversations"}), ("query_answer", {"query", "answer"}),
+    ("query_response", {"query", "response"}), ("alpaca", {"instruction", "output"}),
+    ("prompt_completion", {"prompt", "completion"}),
+    ("prompt_chosen_rejected", {"prompt", "chosen", "rejected"}), ("hh_rlhf", {"chosen", "rejected"}),
+]
 
 
 def detect_format(columns: set[str], stage: str) -> str | None:
-    for name, needed in SIGNATURES[stage]:
-        if needed <= columns:
+    formats = STAGES[stage].formats  # adapt/config/stages.py
+    for name, needed in SIGNATURES:
+        if name in formats and needed <= columns:
             return name
     return None
 
 
 def converter(fmt: str, stage: str) -> Callable[[Row], Row]:
-    table = SFT_FORMATS if stage == "sft" else PREFERENCE_FORMATS
-    if fmt not in table:
-        raise ValueError(f"format {fmt!r} is not a {stage} format; known: {', '.join(sorted(table))}")
-    return table[fmt]
+    formats = STAGES[stage].formats
+    if fmt not in formats:
+        raise ValueError(f"format {fmt!r} is not a {stage} format; known: {', '.join(sorted(formats))}")
+    return CONVERTERS[fmt]

@@ -19,6 +19,7 @@ from typing import Any
 from datasets import Dataset
 
 from adapt.config.sections import DataSection, SequenceLayout
+from adapt.config.stages import STAGES
 from adapt.data import cache
 from adapt.data.sources import DataError, build_folder, read_mixture, split_eval
 from adapt.data.tokenize import SOURCE_COLUMN, pack, tokenize_mixture
@@ -39,7 +40,7 @@ def training_template(stage: str, data: DataSection, tokenizer) -> str | None:
     """The chat template that marks assistant turns for `data.assistant_only_loss`: None when the tokenizer's own has
     `{% generation %}` marks; else TRL's patched training template for known model families. Checked before
     tokenizing 600k rows, not after."""
-    if stage != "sft" or not data.assistant_only_loss:
+    if not STAGES[stage].token_labels or not data.assistant_only_loss:
         return None
     from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 

@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow.compute as pc
 from datasets import Dataset, Features, List, Value, concatenate_datasets
 
+from adapt.config.stages import STAGES
 from adapt.data.formats import RowError, converter, detect_format
 from adapt.data.reading import BadRow, RawRows, read_local, rows_of
 from adapt.data.tokenize import SOURCE_COLUMN
@@ -65,7 +66,6 @@ class SourceSummary:
 # ------------------------------------------------------------------------------------------------------- reading
 
 TURNS = List({"role": Value("string"), "content": Value("string")})
-FIELDS = {"sft": ("messages",), "dpo": ("prompt", "chosen", "rejected")}
 
 
 def build_folder(parent: Path | None = None) -> Path:
@@ -84,7 +84,7 @@ def _raw_rows(src, stage: str, seed: int, workdir: Path) -> RawRows:
         from adapt.tasks import get_task
 
         task = get_task(src.task)
-        rows_of_task = task.sft_rows if stage == "sft" else task.preference_rows
+        rows_of_task = getattr(task, STAGES[stage].task_rows)  # sft_rows, preference_rows
         return RawRows(f"task:{src.task}", Dataset.from_list(rows_of_task(src.split, src.rows, seed)), "records")
     if src.path:
         return read_local(src.path, workdir, DataError)
@@ -114,7 +114,7 @@ def _convert_batch(batch: dict[str, list], indices: list[int], *, kind: str, fil
     """One worker's batch: each row converted, its 16-byte digest and its benchmark overlap, or why it is bad."""
     from adapt.data.decontam import prompt_text, shared_index
 
-    convert, fields = converter(fmt, stage), FIELDS[stage]
+    convert, fields, pairs = converter(fmt, stage), STAGES[stage].row_fields, STAGES[stage].pairs
     index = shared_index(index_dir) if index_dir else None
     out: dict[str, list] = {"row": [], "status": [], "error": [], "same_pair": [], "digest_hi": [], "digest_lo": [],
                             "overlap": [], SOURCE_COLUMN: [], **{f: [] for f in fields}}
@@ -129,7 +129,7 @@ def _convert_batch(batch: dict[str, list], indices: list[int], *, kind: str, fil
         except RowError as e:
             status, error, converted = e.reason, str(e), None
         if converted is not None:
-            same = stage == "dpo" and identical_pairs == "drop" and converted["chosen"] == converted["rejected"]
+            same = pairs and identical_pairs == "drop" and converted["chosen"] == converted["rejected"]
             # A 16-byte digest per row, not the row's text: duplicates are found on whole columns in the parent.
             digest = hashlib.blake2b(json.dumps(converted, sort_keys=True).encode(), digest_size=16).digest()
             match = index.match(prompt_text(converted)) if index is not None else None
@@ -170,7 +170,7 @@ def _features(stage: str) -> Features:
     return Features({"row": Value("int64"), "status": Value("string"), "error": Value("string"),
                      "same_pair": Value("bool"), "digest_hi": Value("int64"), "digest_lo": Value("int64"),
                      "overlap": Value("string"), SOURCE_COLUMN: Value("int32"),
-                     **{f: TURNS for f in FIELDS[stage]}})
+                     **{f: TURNS for f in STAGES[stage].row_fields}})
 
 
 def _convert(raw: RawRows, src, source_id: int, stage: str, data_section, index_dir: Path | None,
@@ -277,7 +277,7 @@ def read_mixture(data_section, stage: str, num_proc: int | None = None,
         kept, summary = _select(converted, raw.name, fmt, data_section)
         if not len(kept):
             raise DataError(f"{raw.name}: no usable rows ({dict(summary.dropped) or 'the source is empty'})")
-        ds = converted.select(kept).select_columns([*FIELDS[stage], SOURCE_COLUMN])
+        ds = converted.select(kept).select_columns([*STAGES[stage].row_fields, SOURCE_COLUMN])
         if src.shuffle:
             ds = ds.shuffle(seed=data_section.seed)
         if src.rows is not None and src.rows < len(ds):

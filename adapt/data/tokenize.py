@@ -38,6 +38,8 @@ import pyarrow.compute as pc
 from datasets import Dataset, Features, List, Value
 from trl.data_utils import common_prefix_length, pack_dataset
 
+from adapt.config.stages import STAGES
+
 SOURCE_COLUMN = "source_id"
 
 
@@ -109,9 +111,9 @@ VERDICTS = ("kept", "truncated", "longer than max_length", "no assistant tokens 
 
 
 def _features(stage: str) -> Features:
-    columns = ("input_ids", "labels") if stage == "sft" else ("prompt_ids", "chosen_ids", "rejected_ids")
-    return Features({**{c: TOKENS for c in columns}, SOURCE_COLUMN: Value("int32"), "length": Value("int64"),
-                     "verdict": Value("string"), "n_tokens": Value("int64"), "n_trained": Value("int64")})
+    return Features({**{c: TOKENS for c in STAGES[stage].tokenized_columns}, SOURCE_COLUMN: Value("int32"),
+                     "length": Value("int64"), "verdict": Value("string"), "n_tokens": Value("int64"),
+                     "n_trained": Value("int64")})
 
 
 def tokenize_mixture(ds: Dataset, tokenizer, stage: str, *, max_length: int | None, over_length: str,
@@ -126,7 +128,7 @@ def tokenize_mixture(ds: Dataset, tokenizer, stage: str, *, max_length: int | No
     """
     columns = [c for c in ds.column_names if c != SOURCE_COLUMN]
     policy = {"max_length": max_length, "over_length": over_length, "strip": strip}
-    if stage == "sft":
+    if STAGES[stage].token_labels:  # adapt/config/stages.py
         fn, kwargs = _sft_example, {"assistant_only_loss": assistant_only_loss, "chat_template": chat_template,
                                     "train_assistant_newline": train_assistant_newline}
     else:

@@ -8,7 +8,8 @@ from typing import Any
 
 import yaml
 
-from adapt.config.sections import router_loss_scale
+from adapt.config.loss_scale import loss_scale
+from adapt.config.stages import STAGES
 
 # The fields a reader looks for first; the whole resolved recipe follows them in a folded block.
 KEY_FIELDS = {
@@ -68,9 +69,10 @@ def training_section(recipe: dict, record: dict) -> str:
     router = recipe.get("router") or {}
     lb, z = router.get("load_balancing_weight") or 0.0, router.get("z_loss_weight") or 0.0
     losses = "the router's auxiliary losses kept on" if lb or z else "the router's auxiliary losses logged, not trained"
+    stage = STAGES.get(recipe.get("stage"))  # adapt/config/stages.py; None for a recipe.yaml edited by hand
     lines = ["## Training procedure", "",
              f"Stage `{recipe.get('stage')}` with [TRL](https://github.com/huggingface/trl)'s "
-             f"{'SFTTrainer' if recipe.get('stage') == 'sft' else 'DPOTrainer'} and {losses}, trained with the "
+             f"{stage.trl_trainer if stage else 'trainer'} and {losses}, trained with the "
              f"`adapt` toolkit.", "", "| field | value |", "|---|---|"]
     for section, keys in KEY_FIELDS.items():
         values = recipe.get(section) if section != "training" else training
@@ -83,7 +85,8 @@ def training_section(recipe: dict, record: dict) -> str:
     if world and training.get("per_device_train_batch_size"):
         total = training["per_device_train_batch_size"] * training.get("gradient_accumulation_steps", 1) * world
         lines.append(f"| global batch (per device × accumulation × {world} processes) | {total} |")
-    scale = router_loss_scale(recipe.get("stage", "sft"), training.get("loss_reduction", "mean"), lb, z)
+    scale = loss_scale(stage, training.get("loss_reduction", "mean"),
+                       training.get("average_tokens_across_devices", True)).words(lb, z) if stage else ""
     lines += ["", "### Router losses", "",
               f"- load balancing (`aux_loss`, the model's own load_balancing_loss_func): weight "
               f"**{router.get('load_balancing_weight')}**",
@@ -140,15 +143,17 @@ def reproduce_section(repo_id: str, recipe: dict, record: dict) -> str:
     stage = recipe.get("stage") or record.get("stage")
     if not stage:
         return "## Reproduce\n\nThe run folder has no recipe, so the run cannot be reproduced from this repository.\n"
+    known = STAGES.get(stage)  # adapt/config/stages.py
     world = record.get("world_size") or 1
     launch = (f"adapt {stage} --config recipe.yaml" if world == 1 else
-              f"accelerate launch --num_processes {world} -m adapt.stages.{stage} --config recipe.yaml")
+              f"accelerate launch --num_processes {world} -m {known.module if known else 'adapt.stages.' + stage} "
+              f"--config recipe.yaml")
     lines = ["## Reproduce", "", "The fully resolved recipe is in this repository:", "", "```bash",
              f"hf download {repo_id} recipe.yaml --local-dir .", launch, "```"]
     source = (recipe.get("model") or {}).get("name_or_path")
-    if stage != "sft" and source:
-        lines += ["", f"`model.name_or_path` is `{source}`, the model this stage started from: produce it first or "
-                      f"override it (`model.name_or_path=ORG/NAME`)."]
+    if known and known.follows and source:  # started from an earlier stage's run (DPO from an SFT run)
+        lines += ["", f"`model.name_or_path` is `{source}`, the model this stage started from (a `{known.follows}` "
+                      f"run): produce it first or override it (`model.name_or_path=ORG/NAME`)."]
     if record.get("command"):
         lines += ["", f"The run was launched as `{record['command']}`."]
     return "\n".join(lines) + "\n"

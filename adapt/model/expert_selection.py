@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from adapt.config.families import family
+from adapt.config.stages import STAGES
 from adapt.model.routing import find_backbone, router_modules
 
 
@@ -62,7 +63,7 @@ def sample_sequences(dataset, stage: str, max_rows: int, seed: int) -> list[list
     rows = dataset.select(order)
     sequences: list[list[int]] = []
     for row in rows:
-        if stage == "dpo":
+        if STAGES[stage].pairs:  # adapt/config/stages.py
             sequences += [list(row["prompt_ids"]) + list(row["chosen_ids"]),
                           list(row["prompt_ids"]) + list(row["rejected_ids"])]
             continue

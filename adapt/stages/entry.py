@@ -10,6 +10,7 @@ import argparse
 import signal
 import sys
 
+from adapt.config.stages import STAGES
 from adapt.console import quiet_console
 from adapt.interrupts import Interrupted, exit_code, interrupt_on_signals
 
@@ -20,7 +21,7 @@ def stage_parser(stage: str) -> argparse.ArgumentParser:
         epilog="Overrides: `section.key=value`, e.g. training.learning_rate=1e-4 router.z_loss_weight=0")
     parser.add_argument("--config", required=True, help="recipe YAML (recipes/...)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder at output_dir")
-    if stage in ("sft", "dpo"):  # the training stages, which resume
+    if stage in STAGES:  # the training stages (adapt/config/stages.py), which resume
         parser.add_argument("--allow-changed", action="append", default=[], metavar="KEY",
                             help="resuming (training.resume_from_checkpoint): accept this recipe key differing from "
                                  "the checkpoint's, e.g. training.max_steps to train longer (repeatable; a section "

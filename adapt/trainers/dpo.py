@@ -10,8 +10,8 @@ from adapt.trainers.router import RouterLossMixin
 
 
 class AdaptDPOTrainer(FiniteLossMixin, ConvertingCheckpointMixin, RouterLossMixin, DPOTrainer):
-    # DPOTrainer's loss is a per-micro-batch mean that the HF Trainer divides for gradient accumulation, so the
-    # mixin's default divisor of 1 is right here.
+    # DPOTrainer's loss is a per-micro-batch mean that the HF Trainer divides for gradient accumulation; the
+    # config's `loss_scale` rule (adapt/config/loss_scale.py) adds the router terms to it undivided.
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         # Rows tokenized by adapt.data.tokenize carry exactly the columns DPOTrainer's own preparation produces

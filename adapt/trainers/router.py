@@ -12,12 +12,10 @@ From that record it adds the weighted router losses and counts the routing stati
 
 The load-balancing term is the model's own formula (transformers' `load_balancing_loss_func`, which each softmax
 family copies), computed here for every family rather than by TRL, whose helper reads `config.num_experts` and
-fails on families that name it otherwise. Under `loss_reduction: mean` the terms are scaled as TRL scales its own aux
-loss (divided by the accumulation steps when TRL leaves accumulation to the loss); under `sum` (SFT only) they are
-added undivided to the micro-batch's summed loss, and the total is divided by the accumulation steps here
-(`loss_is_scaled_for_ga`), so the gradient DDP/ZeRO average over ranks is sum over the global batch /
-(accumulation x processes), the one open-instruct's `--reduce_loss sum` gives under DeepSpeed.
-tests/test_loss_reduction.py checks both against a hand-written reference under 2 processes.
+fails on families that name it otherwise. How the main loss and the terms are scaled (`loss_reduction`, gradient
+accumulation, processes) is one rule decided with the recipe, `config.loss_scale` (adapt/config/loss_scale.py),
+which `compute_loss` applies and the audit records. tests/test_loss_reduction.py checks it against a hand-written
+reference under 2 processes.
 
 Only the first forward inside one `compute_loss` is kept: that is the policy forward in both SFT and DPO. A
 separate DPO reference model has no hooks, and a PEFT reference (adapters disabled) runs after the policy. Under
@@ -52,6 +50,11 @@ class RouterLossMixin:
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.router = self.args.router
+        self.loss_scale = self.args.loss_scale
+        if self.loss_scale is None:
+            raise ValueError("the trainer's config has no loss_scale: build it with adapt.config.load_recipe")
+        if self.loss_scale.total_over_accumulation:  # compute_loss returns the loss already divided for accumulation
+            self.loss_is_scaled_for_ga = True
         text_config = self.model.config.get_text_config()
         self.family = family(getattr(text_config, "model_type", None))
         self._is_moe = self.family is not None
@@ -74,17 +77,10 @@ class RouterLossMixin:
             raise router_health.RouterCollapseError(self.router_stop_reason)
         return result
 
-    def _router_loss_divisor(self, num_items_in_batch) -> int:
-        """How the trainer scales a per-micro-batch mean for gradient accumulation (TRL's SFT scales it itself)."""
-        return 1
-
     # ------------------------------------------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        summed = getattr(self.args, "loss_reduction", "mean") == "sum"
-        if summed:
-            # TRL divides its token sum by `num_items_in_batch`; 1 keeps the sum (and under `sum` the recipe turns
-            # `average_tokens_across_devices` off, so TRL does not multiply it by the process count either).
-            num_items_in_batch = 1
+        scale = self.loss_scale  # adapt/config/loss_scale.py
+        num_items_in_batch = scale.main_items(num_items_in_batch)  # `sum`: 1, so TRL keeps the micro-batch's sum
         if self._is_moe:
             if self._awaiting_autoep:  # once: the first step after DeepSpeed has converted the model
                 self._adopt_autoep()
@@ -102,13 +98,15 @@ class RouterLossMixin:
                                "silently left out (adapt/trainers/router.py)")
         loss = result[0] if return_outputs else result
         if probe is not None and captured is not None:
-            self._audit(captured, loss, probe.aux_loss, inputs)
+            self._audit(captured, loss, probe.aux_loss, inputs, num_items_in_batch)
+        # Set by the training loop for each accumulation window (the last may be shorter); an evaluation before any
+        # training has none, and divides by nothing.
+        accumulation = getattr(self, "current_gradient_accumulation_steps", 1)
         if captured is not None:
-            loss = loss + self._router_terms(captured, summed=summed, num_items_in_batch=num_items_in_batch)
-        if summed and model.training:
-            # open-instruct under DeepSpeed: each micro-batch's total divided by the accumulation steps (DDP and ZeRO
-            # then average over ranks), so the step's gradient is sum over the global batch / (accum x processes).
-            loss = loss / self.current_gradient_accumulation_steps
+            loss = loss + self._router_terms(captured, scale.router_divisor(accumulation, num_items_in_batch))
+        divisor = scale.total_divisor(accumulation, model.training)
+        if divisor != 1:
+            loss = loss / divisor
         return (loss, result[1]) if return_outputs else loss
 
     def _adopt_autoep(self) -> None:
@@ -122,8 +120,8 @@ class RouterLossMixin:
                 match_router_precision(getattr(net, "module", net))
         self._awaiting_autoep = False
 
-    def _router_terms(self, captured: RouterCapture, *, summed: bool, num_items_in_batch) -> torch.Tensor:
-        """The weighted router losses of one micro-batch, to add to its main loss (module note for the scaling).
+    def _router_terms(self, captured: RouterCapture, divisor: int) -> torch.Tensor:
+        """The weighted router losses of one micro-batch divided by `divisor`, to add to its main loss.
         Families without router losses (sigmoid routers: the recipe check refuses non-zero weights) add nothing and
         log only the routing statistics."""
         z_loss = lb_loss = None
@@ -132,8 +130,8 @@ class RouterLossMixin:
             losses = self._router_losses(captured)
             lb_loss, z_loss = losses["load_balancing"], losses["z_loss"]
             terms = self.router.load_balancing_weight * lb_loss + self.router.z_loss_weight * z_loss
-            if not summed:
-                terms = terms / self._router_loss_divisor(num_items_in_batch)
+            if divisor != 1:
+                terms = terms / divisor
         self._record_router_metrics(captured, z_loss, lb_loss)
         return terms
 
@@ -152,7 +150,7 @@ class RouterLossMixin:
             found[layer] += list(gate.parameters())
         return found
 
-    def _audit(self, captured: RouterCapture, main_loss: torch.Tensor, model_aux, inputs) -> None:
+    def _audit(self, captured: RouterCapture, main_loss: torch.Tensor, model_aux, inputs, num_items_in_batch) -> None:
         """The router-loss audit of the first training micro-batch (adapt/trainers/router_audit.py): printed once,
         kept for run.json, and a failure on any process stops every process."""
         self._audit_pending = False
@@ -165,6 +163,12 @@ class RouterLossMixin:
             model_side={"output_router_logits": getattr(text_config, "output_router_logits", None),
                         "trl_router_aux_loss_coef": getattr(self, "router_aux_loss_coef", None)})
         record["step"] = self.state.global_step + 1
+        accumulation = self.current_gradient_accumulation_steps
+        record["loss_scale"] = {**self.loss_scale.record(), "accumulation_steps": accumulation,
+                                "processes": self.accelerator.num_processes,
+                                "router_terms_divided_by": self.loss_scale.router_divisor(accumulation,
+                                                                                          num_items_in_batch),
+                                "total_divided_by": self.loss_scale.total_divisor(accumulation, True)}
         self.router_audit = record
         if self.accelerator.is_main_process:
             router_audit.log.warning(router_audit.format_block(record))

@@ -20,7 +20,8 @@ trains on, before its first optimizer step:
   that would move every term leaves each term unchanged.
 
 A failure raises `RouterAuditError` on every process (the stage turns it into one `error:` line); the record goes
-into `run.json` as `router_audit`.
+into `run.json` as `router_audit`, with the loss-scaling rule the run applies (`loss_scale`,
+adapt/config/loss_scale.py).
 """
 
 from __future__ import annotations
@@ -253,5 +254,12 @@ def format_block(record: dict) -> str:
                  f" real ones" + (f" and {pad['padding_tokens']} padding" if "padding_tokens" in pad else "") +
                  ("; a masked padding row changes " + ", ".join(f"{k} by {v:.2g}" for k, v in changes.items())
                   if changes else ""))
+    scale = record.get("loss_scale")  # added by the trainer (adapt/config/loss_scale.py)
+    if scale:
+        lines.append(f"  loss scale: loss_reduction {scale['loss_reduction']}, {scale['accumulation_steps']} "
+                     f"accumulation step(s) x {scale['processes']} process(es); the router terms are added to "
+                     f"{scale['main_loss']}, divided by {scale['router_terms_divided_by']}, the total by "
+                     f"{scale['total_divided_by']}; tokens averaged across devices: "
+                     f"{scale['average_tokens_across_devices']}")
     lines.append("  passed" if record["passed"] else "  FAILED: " + "; ".join(record["failures"]))
     return "\n".join(lines)
