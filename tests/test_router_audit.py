@@ -91,8 +91,8 @@ def test_a_cut_router_gradient_names_the_layer(tmp_path, monkeypatch):
 def test_reentrant_checkpointing_which_records_the_logits_without_gradient_fails_the_audit(tmp_path):
     # TRL forces reentrant checkpointing for PEFT under ZeRO-3: the layers run under no_grad in the forward, so the
     # logits the hooks record carry no gradient and the router terms would train nothing
-    message = stopped(tmp_path, "training.gradient_checkpointing=true",
-                      "training.gradient_checkpointing_kwargs={use_reentrant: true}")
+    message = stopped(tmp_path, "training.activation_checkpointing=true",
+                      "training.activation_checkpointing_kwargs={use_reentrant: true}")
     assert "the router logits of layer(s) 0, 1 carry no gradient" in message and "use_reentrant: false" in message
 
 

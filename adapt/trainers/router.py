@@ -163,7 +163,7 @@ class RouterLossMixin:
             model_side={"output_router_logits": getattr(text_config, "output_router_logits", None),
                         "trl_router_aux_loss_coef": getattr(self, "router_aux_loss_coef", None)})
         record["step"] = self.state.global_step + 1
-        accumulation = self.current_gradient_accumulation_steps
+        accumulation = getattr(self, "current_gradient_accumulation_steps", 1)  # none outside the training loop
         record["loss_scale"] = {**self.loss_scale.record(), "accumulation_steps": accumulation,
                                 "processes": self.accelerator.num_processes,
                                 "router_terms_divided_by": self.loss_scale.router_divisor(accumulation,

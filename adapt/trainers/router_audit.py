@@ -45,7 +45,7 @@ FORMULAS = {
 SIGMOID_NOTE = ("none: the sigmoid router is balanced by its score-correction bias, fixed during fine-tuning, and a "
                 "softmax z-loss has no meaning for sigmoid scores (the recipe check keeps both weights at 0)")
 NO_GRAD_HINT = ("the usual cause is reentrant gradient checkpointing, whose forward runs under no_grad; use "
-                "training.gradient_checkpointing_kwargs: {use_reentrant: false} (TRL forces reentrant for PEFT under "
+                "training.activation_checkpointing_kwargs: {use_reentrant: false} (TRL forces reentrant for PEFT under "
                 "ZeRO-3: use ZeRO-2 there, or no checkpointing)")
 PADDING_LOGIT = 30.0  # a padding row routed this hard to one expert would move both terms far beyond rounding
 
