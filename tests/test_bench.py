@@ -78,22 +78,23 @@ def test_router_analysis_keeps_counts_that_do_not_grow_with_the_tokens(tmp_path)
 
 
 def test_esft_memory_keeps_optimizer_state_in_proportion_to_the_selected_experts(tmp_path):
+    # One ESFT threshold: the bytes are held to the experts it selected exactly; that a larger threshold selects
+    # more experts is the selection's own test (tests/test_esft.py), and each method here is a new process.
     out = tmp_path / "esft.json"
     run_bench("esft_memory.py", "--shape", "tiny", "--layers", "2", "--tokens", "32", "--methods",
-              "full,esft-p0.2,esft-p0.5", "--json", str(out))
+              "full,esft-p0.5", "--json", str(out))
     result = json.loads(out.read_text())
     assert {"device", "versions", "command", "esft_selection"} <= result.keys()
     rows = {r["method"]: r for r in result["results"]}
     per_expert = 3 * 64 * 32  # gate_up [2I, H] + down [H, I] of the tiny shape
-    for method in ("esft-p0.2", "esft-p0.5"):
-        r = rows[method]
-        # only the selected experts' slices train: 2 layers x experts/layer x one expert's parameters, and AdamW
-        # keeps two fp32 moments for each, the gradient one fp32 value
-        assert r["trainable"] == 2 * r["experts_per_layer"] * per_expert
-        assert r["optimizer_bytes"] == 2 * 4 * r["trainable"] and r["grad_bytes"] == 4 * r["trainable"]
-    assert rows["esft-p0.2"]["experts_per_layer"] < rows["esft-p0.5"]["experts_per_layer"]
-    assert rows["full"]["optimizer_bytes"] == 2 * 4 * rows["full"]["trainable"]
-    assert rows["esft-p0.5"]["optimizer_bytes"] < rows["full"]["optimizer_bytes"] / 2
+    esft, full = rows["esft-p0.5"], rows["full"]
+    # only the selected experts' slices train: 2 layers x experts/layer x one expert's parameters, and AdamW keeps
+    # two fp32 moments for each, the gradient one fp32 value
+    assert 0 < esft["experts_per_layer"] < 8
+    assert esft["trainable"] == 2 * esft["experts_per_layer"] * per_expert
+    assert esft["optimizer_bytes"] == 2 * 4 * esft["trainable"] and esft["grad_bytes"] == 4 * esft["trainable"]
+    assert full["optimizer_bytes"] == 2 * 4 * full["trainable"]
+    assert esft["optimizer_bytes"] < full["optimizer_bytes"] / 2
 
 
 def test_gguf_export_bench_checks_each_type_in_llama_cpp(tmp_path, demo_tokenizer):

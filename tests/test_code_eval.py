@@ -176,11 +176,13 @@ def test_scorer_reproduces_evalplus_base_pass_at_1(shared):
 
 
 def test_shuffled_answers_score_about_chance(shared):
-    problems = read_humaneval(shared)
+    # every other problem: a wrong answer passing is what this catches, and 82 programs (each a sandboxed Python)
+    # show it as well as 164 do; every problem's right and wrong verdicts are the EvalPlus test's above
+    problems = read_humaneval(shared)[::2]
     shuffled = [build_program(p, problems[(i + 1) % len(problems)]["canonical_solution"])
                 for i, p in enumerate(problems)]
     passed = sum(r.passed for r in run_programs(shuffled, timeout_s=3))
-    assert passed <= 2, passed  # measured: 0 of 164
+    assert passed <= 1, passed  # measured: 0 of 82 (and 0 of all 164)
 
 
 def test_build_program_handles_chat_answers(shared):
