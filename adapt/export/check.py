@@ -93,7 +93,7 @@ def greedy(model, tokenizer, llm, prompt: str, n: int = 16) -> tuple[list[int], 
     return ours, theirs
 
 
-# What `--check` accepts per type: mean |logit difference| / mean |logit| (logits_distances). Measured (README) on
+# What `--check` accepts per type: mean |logit difference| / mean |logit|. Measured (export DESIGN.md) on
 # the demo's SFT model (hidden 96: K-quants fall back to Q5_0/Q5_1/Q8_0 there) and on a 256-wide tiny OLMoE whose
 # tensors are real K-quants: q8_0 0.0074 / 0.017, q6_k 0.0074 / 0.050, q5_k_m 0.029 / 0.087, q4_k_m 0.033 / 0.16;
 # f16 2.2e-4, bf16 see tests/test_export.py. About 1.5-3x the worst measured value.

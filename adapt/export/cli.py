@@ -20,7 +20,7 @@ def gguf_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing --outfile")
     p.add_argument("--check", action="store_true", help="load the file in llama.cpp (llama-cpp-python) and compare "
                    "tokenization, logits, a greedy continuation and the chat prompt with transformers; fails past "
-                   "the type's measured tolerance (README)")
+                   "the type's measured tolerance (adapt/export/DESIGN.md)")
     return p
 
 
