@@ -50,7 +50,9 @@ class _Decided:
     """What the recipe loader decides from the final recipe (adapt/config/recipe.py `_finished`); not recipe keys."""
 
     # How the loss is reduced and scaled (adapt/config/loss_scale.py); None only in a config built by hand.
-    loss_scale: LossScale | None = field(default=None, metadata={"recipe_key": False})
+    loss_scale: LossScale | None = field(default=None, metadata={
+        "recipe_key": False, "help": "How the loss is reduced and scaled, decided once the config is final "
+        "(adapt/config/loss_scale.py); not a recipe key."})
 
 
 @dataclass
