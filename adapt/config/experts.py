@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from adapt.config.checks import RecipeError, suggest
+from adapt.config.families import family
 from adapt.config.sections import ESFT_TRAINABLE, ExpertsSection
+from adapt.parallel import preset_path
 
 
 def check_experts(s: dict[str, Any], file: str | None, check_paths: bool = True, model_type: str | None = None,
@@ -80,8 +82,6 @@ def _check_combinations(s: dict[str, Any], file: str | None, model_type: str | N
         raise RecipeError(file, "parallel.deepspeed", "ESFT writes the selected experts into the frozen fused weight "
                           "at each forward, which ZeRO-3 partitions over the ranks",
                           "use parallel.deepspeed: zero2 (ESFT's optimizer state is small enough not to need ZeRO-3)")
-    from adapt.config.families import family
-
     f = family(model_type)
     if f is not None and "shared_experts" in s["experts"].train and not f.shared_experts:
         raise RecipeError(file, "experts.train", f"{f.model_type} has no shared expert", "remove shared_experts")
@@ -90,8 +90,6 @@ def _check_combinations(s: dict[str, Any], file: str | None, model_type: str | N
 def _zero_stage(deepspeed: str | None) -> int | None:
     if not deepspeed:
         return None
-    from adapt.parallel import preset_path
-
     path = preset_path(deepspeed)
     try:
         return int(json.loads(path.read_text(encoding="utf-8")).get("zero_optimization", {}).get("stage", 0))
@@ -126,8 +124,6 @@ def _check_list(experts: ExpertsSection, model, file: str | None, model_type: st
 def _model_shape(model, model_type: str | None, model_folder: str | None) -> tuple[int | None, int | None]:
     """(layers, routed experts) when the recipe builds the model from `config` or names a local folder; else
     (None, None), and the stage checks the selection against the loaded model."""
-    from adapt.config.families import family
-
     f = family(model_type)
     if f is None:
         return None, None

@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 from adapt.config.checks import RecipeError, suggest
+from adapt.config.families import FAMILIES, unsupported
 from adapt.config.sections import Range, field_ranges
 
 # More optimizer steps than any run takes (OLMoE's pretraining took about 1.2 million): a count beyond it is a typo or
@@ -51,8 +52,7 @@ def non_finite(value: Any) -> bool:
 
 
 def check_ranges(stage: str, sections: dict[str, Any], training: dict[str, Any], file: str | None) -> None:
-    # Imported here: configs imports TRL, which recipe.py (importing this module) loads only once a recipe is built.
-    from adapt.config.configs import _AdaptSections
+    from adapt.config.configs import _AdaptSections  # imports TRL, which recipe.py loads only to build a recipe
 
     for key, bounds in {**TRAINING_RANGES, **field_ranges(_AdaptSections)}.items():
         _check_value(training.get(key), bounds, f"training.{key}", file)
@@ -92,8 +92,6 @@ def _check_model_config(model, file: str | None) -> None:
     if not model.config:
         return
     import transformers  # its config classes, imported only when a recipe builds a model from `config`
-
-    from adapt.config.families import FAMILIES, unsupported
 
     f = FAMILIES.get(model.architecture)
     if f is None:

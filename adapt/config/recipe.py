@@ -20,7 +20,10 @@ import yaml
 
 from adapt.config import yamlfile
 from adapt.config.checks import RecipeError, coerce_scalar, describe, matches, suggest
+from adapt.config.experts import check_experts
+from adapt.config.families import check_combination, family
 from adapt.config.limits import check_ranges, non_finite
+from adapt.config.loss_scale import loss_scale
 from adapt.config.sections import (
     BUILTIN_TOKENIZERS,
     DECONTAMINATION_BENCHMARKS,
@@ -29,6 +32,10 @@ from adapt.config.sections import (
     DataSource,
 )
 from adapt.config.stages import STAGES
+from adapt.parallel import check_layout, deepspeed_config, preset_path
+from adapt.parallel.launch import launch_settings
+from adapt.runfolder import holds_run, incomplete_reason
+from adapt.tasks import TASKS
 
 SECTIONS = (*SECTION_TYPES, "training")
 TOP_LEVEL_KEYS = ("stage", *SECTIONS, "overwrite")
@@ -117,8 +124,6 @@ def build_config(raw: dict[str, Any], file: str | None = None, *, check_paths: b
     _check_contradictions(recipe_stage, sections, training, file)
     _check_family(sections, file)
     _check_peft(sections, file, check_hardware)
-    from adapt.config.experts import check_experts
-
     check_experts(sections, file, check_paths, known_model_type(sections["model"]),
                   model_reference(sections["model"].name_or_path))
     _check_loss_reduction(recipe_stage, training, file)
@@ -134,9 +139,7 @@ def build_config(raw: dict[str, Any], file: str | None = None, *, check_paths: b
 def _finished(stage: str, sections: dict[str, Any], training: dict[str, Any], raw: dict[str, Any],
               file: str | None) -> dict[str, Any]:
     """Every field the toolkit decides, set here, once, before TRL's config is built; nothing changes it later."""
-    from adapt.config.configs import STAGE_CONFIGS
-    from adapt.config.loss_scale import loss_scale
-    from adapt.parallel.launch import launch_settings
+    from adapt.config.configs import STAGE_CONFIGS  # imports TRL: keep `adapt --help` fast
 
     data = sections["data"]
     if data.strip is None:  # open-instruct strips every message it renders with the tulu template
@@ -233,7 +236,7 @@ def _checked(value: Any, hint: Any, where: str, file: str | None) -> Any:
 
 def _training(values: Any, trl_cls, stage_cls, file: str | None) -> dict[str, Any]:
     """The `training:` mapping: TRL's fields, plus the toolkit's own few (marked `training_key` in configs.py)."""
-    from adapt.config.configs import OWNED_TRAINING_KEYS
+    from adapt.config.configs import OWNED_TRAINING_KEYS  # imports TRL: keep `adapt --help` fast
     if not isinstance(values, dict):
         raise RecipeError(file, "training", "must be a mapping of TRL config fields", "e.g. `learning_rate: 2e-5`")
     fields, hints = _fields(trl_cls), typing.get_type_hints(trl_cls)
@@ -273,8 +276,6 @@ def _check_contradictions(stage: str, s: dict[str, Any], training: dict[str, Any
                           "set `model.tokenizer` to a Hub id, a folder or `builtin:<name>`")
     if not data.sources:
         raise RecipeError(file, "data.sources", "no training data", "list at least one source (path, hub or task)")
-    from adapt.tasks import TASKS
-
     formats = record.formats
     for i, src in enumerate(data.sources):
         given = [k for k in ("path", "hub", "task") if getattr(src, k)]
@@ -301,9 +302,6 @@ def _check_contradictions(stage: str, s: dict[str, Any], training: dict[str, Any
                               suggest(name, DECONTAMINATION_BENCHMARKS))
     if training.get("bf16") and training.get("fp16"):
         raise RecipeError(file, "training.fp16", "bf16 and fp16 are both on", "keep one")
-    from adapt.config.families import family
-    from adapt.parallel import check_layout
-
     experts_attr = getattr(family(model.architecture), "experts_attr", "num_experts")
     problem = check_layout((model.config or {}).get(experts_attr), parallel.expert_parallel_size,
                            int(os.environ.get("WORLD_SIZE", parallel.expert_parallel_size)))
@@ -374,8 +372,6 @@ def known_model_type(model) -> str | None:
 
 def _check_family(s: dict[str, Any], file: str | None) -> None:
     """The model's family is supported, and supports what the recipe asks of it (adapt/config/families.py)."""
-    from adapt.config.families import check_combination
-
     model_type = known_model_type(s["model"])
     if model_type is not None:
         problem = check_combination(model_type, s["model"], s["router"], s["parallel"], s["model"].config)
@@ -446,8 +442,6 @@ def _check_paths(s: dict[str, Any], file: str | None) -> None:
             raise RecipeError(file, key, f"local path {ref!r} does not exist",
                               "run the stage that writes it first, or give a Hub id")
     if model.name_or_path and _looks_local(model.name_or_path):
-        from adapt.runfolder import incomplete_reason
-
         reason = incomplete_reason(os.path.expanduser(model.name_or_path))
         if reason:
             raise RecipeError(file, "model.name_or_path", f"{model.name_or_path} is an incomplete run folder "
@@ -466,8 +460,6 @@ def _check_paths(s: dict[str, Any], file: str | None) -> None:
 def _deepspeed_config(parallel, file: str | None) -> dict | None:
     if not parallel.deepspeed:
         return None
-    from adapt.parallel import deepspeed_config, preset_path
-
     if preset_path(parallel.deepspeed) is None:
         raise RecipeError(file, "parallel.deepspeed", f"{parallel.deepspeed!r} is neither a shipped preset nor a file",
                           "use zero2, zero3, zero3-offload or a path to a DeepSpeed JSON")
@@ -479,8 +471,6 @@ def _deepspeed_config(parallel, file: str | None) -> dict | None:
 
 
 def _check_output_dir(output_dir: str, overwrite: bool, file: str | None) -> None:
-    from adapt.runfolder import holds_run
-
     out = Path(output_dir)
     existing = next(p for p in (out, *out.parents) if p.exists())  # the folder itself or the nearest parent
     if not existing.is_dir():

@@ -42,6 +42,9 @@ import pyarrow as pa
 from datasets import Dataset, load_from_disk
 
 from adapt.config.sections import DataSection, SequenceLayout
+from adapt.data.decontam import benchmark_fingerprint
+from adapt.data.sources import DataError
+from adapt.tasks import get_task
 
 FORMAT_VERSION = 3  # bump when the cached columns or summary change shape (2: int32 token columns, 3: files.json)
 RECORD = "files.json"  # written last: its presence marks an entry complete
@@ -113,8 +116,6 @@ def source_fingerprint(src, memo: dict | None = None) -> str:
     if src.path:
         return "sha256:" + _sha256_path(src.path, memo)
     if src.task:
-        from adapt.tasks import get_task
-
         code = inspect.getsource(inspect.getmodule(type(get_task(src.task))))
         return "code:" + hashlib.sha256(code.encode()).hexdigest()
     from datasets import load_dataset
@@ -124,8 +125,6 @@ def source_fingerprint(src, memo: dict | None = None) -> str:
 
 
 def decontamination_fingerprint(decontaminate: dict[str, str], memo: dict | None = None) -> dict[str, str]:
-    from adapt.data.decontam import benchmark_fingerprint
-
     def hash_path(path):
         return _sha256_path(path, memo)
 
@@ -215,8 +214,6 @@ def damage(entry: Path) -> str | None:
 
 def _discard(entry: Path, problem: str) -> None:
     """Remove a damaged entry so that it is built again, saying so; one that cannot be removed stops the run."""
-    from adapt.data.sources import DataError
-
     aside = entry.with_name(f".{entry.name}.damaged-{os.getpid()}")
     try:
         os.replace(entry, aside)  # at once: no other process loads it half-deleted
@@ -248,8 +245,6 @@ def save_entry(cache_dir: Path, key: str, train: Dataset, held_out: Dataset | No
                num_proc: int | None = None) -> Path:
     """Write an entry under a temporary name and rename it into place. A failure (a full disk, an unwritable
     folder) removes the temporary folder and is one line naming the cache folder."""
-    from adapt.data.sources import DataError
-
     tmp = None
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)

@@ -29,9 +29,11 @@ import pyarrow.compute as pc
 from datasets import Dataset, Features, List, Value, concatenate_datasets
 
 from adapt.config.stages import STAGES
+from adapt.data.decontam import NgramIndex, prompt_text, read_benchmark, shared_index
 from adapt.data.formats import RowError, converter, detect_format
 from adapt.data.reading import BadRow, RawRows, read_local, rows_of
 from adapt.data.tokenize import SOURCE_COLUMN
+from adapt.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +83,6 @@ def build_folder(parent: Path | None = None) -> Path:
 
 def _raw_rows(src, stage: str, seed: int, workdir: Path) -> RawRows:
     if src.task:
-        from adapt.tasks import get_task
-
         task = get_task(src.task)
         rows_of_task = getattr(task, STAGES[stage].task_rows)  # sft_rows, preference_rows
         return RawRows(f"task:{src.task}", Dataset.from_list(rows_of_task(src.split, src.rows, seed)), "records")
@@ -112,8 +112,6 @@ def _first_row(raw: RawRows) -> dict | None:
 def _convert_batch(batch: dict[str, list], indices: list[int], *, kind: str, file: str | None, fmt: str,
                    stage: str, source_id: int, identical_pairs: str, index_dir: str | None) -> dict[str, list]:
     """One worker's batch: each row converted, its 16-byte digest and its benchmark overlap, or why it is bad."""
-    from adapt.data.decontam import prompt_text, shared_index
-
     convert, fields, pairs = converter(fmt, stage), STAGES[stage].row_fields, STAGES[stage].pairs
     index = shared_index(index_dir) if index_dir else None
     out: dict[str, list] = {"row": [], "status": [], "error": [], "same_pair": [], "digest_hi": [], "digest_lo": [],
@@ -246,8 +244,6 @@ def _decontamination_index(data_section, workdir: Path) -> Path | None:
     """The n-gram index of `data.decontaminate`'s benchmarks, built once and saved for every worker to map."""
     if not data_section.decontaminate:
         return None
-    from adapt.data.decontam import NgramIndex, read_benchmark
-
     benchmarks = {}
     for name, ref in sorted(data_section.decontaminate.items()):
         try:

@@ -7,6 +7,9 @@ from importlib import resources
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from adapt.tasks import get_task
+from adapt.tasks.reverse import CHATTY
+
 SPECIAL_TOKENS = ["<|endoftext|>", "<|padding|>"]
 log = logging.getLogger(__name__)
 
@@ -21,9 +24,6 @@ def tulu_template(add_bos: bool = False) -> str:
 def build_demo_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
     """A byte-level BPE trained on the demo task's text. Deterministic: same corpus order, one thread's merges."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    from adapt.tasks import get_task
-    from adapt.tasks.reverse import CHATTY
 
     task = get_task("reverse")
     corpus = ["<|user|>\n", "<|assistant|>\n", "<|system|>\n", CHATTY]

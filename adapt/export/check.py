@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from adapt.export.gguf_file import load_weights
+
 PLAIN = ["Reverse: a b c", "Hello world, this is a test.", " leading space\n\nnewlines\t tab", "   many   spaces  ",
          "Ünïcödé 🚀 我想 ''' I've 123 4567", "<|user|>\nhi<|endoftext|>"]
 CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Reverse: a b c"},
@@ -142,8 +144,6 @@ class CheckResult:
 def check_gguf(run_dir, gguf_path, type_: str, model=None) -> CheckResult:
     """Compare the file (of export type `type_`) with the run folder's model (a LoRA run merged), in float32."""
     from transformers import AutoTokenizer
-
-    from adapt.export.gguf_file import load_weights
 
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
     model = (model or load_weights(run_dir)).float().eval()

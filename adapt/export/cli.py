@@ -6,6 +6,8 @@ import argparse
 import sys
 
 from adapt.export.architectures import ExportError
+from adapt.export.gguf_file import export_gguf
+from adapt.export.ollama import export_ollama
 
 TYPE_HELP = ("auto (the weights' own dtype: lossless), f32, f16, bf16, q8_0, or the K-quants q6_k, q5_k_m, q4_k_m "
              "(made by llama.cpp's own quantizer from the float file); norms and the router stay f32, as in llama.cpp")
@@ -38,8 +40,6 @@ def export_gguf_main(argv=None) -> None:
     args = gguf_parser().parse_args(argv)
     import importlib.util
 
-    from adapt.export.gguf_file import export_gguf
-
     if args.check and importlib.util.find_spec("llama_cpp") is None:
         sys.exit("error: --check needs llama-cpp-python: pip install -e '.[gguf]' (it builds llama.cpp from source)")
     try:
@@ -50,7 +50,7 @@ def export_gguf_main(argv=None) -> None:
     print(f"wrote {done.path} ({done.type}, {done.tensors} tensors: {kinds}; {done.bytes / 2**20:.1f} MiB) in "
           f"{done.seconds:.1f} s")
     if args.check:
-        from adapt.export.check import check_gguf
+        from adapt.export.check import check_gguf  # imports torch: keep `adapt export gguf --help` light
 
         result = check_gguf(args.run_dir, done.path, done.type)
         for line in result.lines():
@@ -61,8 +61,6 @@ def export_gguf_main(argv=None) -> None:
 
 def export_ollama_main(argv=None) -> None:
     args = ollama_parser().parse_args(argv)
-    from adapt.export.ollama import export_ollama
-
     try:
         done = export_ollama(args.run_dir, args.output, args.type, args.name)
     except ExportError as e:

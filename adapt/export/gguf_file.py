@@ -28,6 +28,7 @@ from pathlib import Path
 from adapt.export.architectures import ExportError, architecture
 from adapt.export.gguf_vocab import check_vocab_size, read_tokenizer_json, write_vocab
 from adapt.export.quantize import KQUANTS, quantize, require_quantizer, tensor_kinds
+from adapt.runfolder import unusable_reason
 
 TYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "bf16": ("BF16", "MOSTLY_BF16"),
          "q8_0": ("Q8_0", "MOSTLY_Q8_0")}
@@ -67,8 +68,7 @@ def check_export(run: Path, outfile: Path, type_: str, force: bool) -> ExportPla
     """Everything that can be refused before the weights load; raises ExportError."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from adapt.model.lora import is_adapter_folder, root_base
-    from adapt.runfolder import unusable_reason
+    from adapt.model.lora import is_adapter_folder, root_base  # imports torch: keep `adapt export --help` light
 
     if type_ not in TYPES and type_ not in KQUANTS and type_ != "auto":
         raise ExportError(f"--type {type_}: choose one of auto, {', '.join([*TYPES, *KQUANTS])}")
@@ -112,6 +112,7 @@ def load_weights(run: Path):
     """The model as the run defines it: a LoRA run merged into its base (PEFT), weights in their saved dtype."""
     from transformers import AutoModelForCausalLM
 
+    # imports torch: keep `adapt export --help` light
     from adapt.model.lora import MergeMismatch, is_adapter_folder, load_merged_adapter
 
     if is_adapter_folder(str(run)):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from adapt.export.architectures import ExportError
 from adapt.export.chat_formats import FORMATS, TULU_GO, ChatFormat, recognise
+from adapt.export.gguf_file import check_export, write_gguf
 
 __all__ = ["TULU_GO", "OllamaExport", "export_ollama", "go_template", "modelfile"]
 _BY_HAND = ("`adapt export gguf` writes the model alone (the GGUF carries the Jinja template as "
@@ -65,8 +66,6 @@ def modelfile(template: str, stops: list[str], run: Path, fmt: str = "") -> str:
 
 def export_ollama(run_dir: str | Path, output: str | Path, type_: str = "auto",
                   name: str | None = None) -> OllamaExport:
-    from adapt.export.gguf_file import check_export, write_gguf
-
     run, folder = Path(run_dir), Path(output)
     if folder.exists() and not folder.is_dir():
         raise ExportError(f"--output {folder} is a file; give a new or empty folder (nothing was overwritten)")

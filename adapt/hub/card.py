@@ -16,8 +16,11 @@ from pathlib import Path
 import yaml
 
 from adapt.config.benchmarks import BENCHMARKS
+from adapt.config.families import family
 from adapt.hub import sections
 from adapt.hub.curves import plot_curves, read_metrics, series
+from adapt.hub.weights import count_parameters
+from adapt_eval.report import comparison, load_results, render_charts, render_markdown
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 NO_EVAL = ("No evaluation was run on this model: the run folder holds no `eval/<suite>/results.json`. Scores appear "
@@ -105,7 +108,7 @@ def router_section(run: Path, out: Path, fingerprint: str) -> str:
     these very weights."""
     import shutil
 
-    from adapt_eval.routing import report as routing_report
+    from adapt_eval.routing import report as routing_report  # imports torch: keep `adapt push --help` light
 
     folder = run / "analysis"
     heading = f"## {routing_report.TITLE}\n\n"
@@ -147,8 +150,6 @@ def _origin(run: Path, chain: list[Path], base: str | None) -> tuple[str, list[P
 
 def moe_facts(config: dict) -> tuple[int, int] | None:
     """(routed experts, experts per token) of a saved config.json, read where its family keeps them."""
-    from adapt.config.families import family
-
     f = family(config.get("model_type"))
     if f is None:
         return None
@@ -159,8 +160,6 @@ def moe_facts(config: dict) -> tuple[int, int] | None:
 
 
 def overview(run, name, repo_id, stage, what, base, chain, config, out) -> str:
-    from adapt.hub.weights import count_parameters
-
     origin, shown = _origin(run, chain, base)
     steps = " → ".join([origin] + [f"`{p.name}`" for p in shown] + [f"**{stage or 'this run'}**"])
     lines = [f"# {name}", "", f"{(stage or 'fine-tuned').upper()} model trained from {origin}.", "",
@@ -191,8 +190,6 @@ def overview(run, name, repo_id, stage, what, base, chain, config, out) -> str:
 def evaluation(run: Path, chain: list[Path], name: str, fingerprint: str, out: Path) -> tuple[str, list]:
     """The comparison tables (adapt_eval.report: earlier stages, this model, the paper's rows) in markdown, and the
     EvalResults for model-index. Only scores computed on these very weights go into the metadata."""
-    from adapt_eval.report import load_results, render_charts, render_markdown
-
     own = sorted(run.glob("eval/*/results.json"))
     if not own:
         return NO_EVAL.format(run=run), []
@@ -218,8 +215,6 @@ def evaluation(run: Path, chain: list[Path], name: str, fingerprint: str, out: P
 
 
 def _comparison(runs: list, suite: str) -> dict:
-    from adapt_eval.report import comparison
-
     try:
         return comparison(runs, suite)
     except ValueError:  # a suite file that is not here any more: the tasks as run, without the paper's rows

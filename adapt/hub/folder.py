@@ -14,8 +14,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from adapt.hub.card import write_card
 from adapt.hub.weights import tensor_headers
-from adapt.runfolder import follow_umask
+from adapt.runfolder import follow_umask, read_records, unusable_reason
+from adapt_eval.suite import model_fingerprint
 
 MODEL_FILES = ("config.json", "generation_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -55,10 +57,6 @@ class Folder:
 def build_folder(run_dir: str | Path, out: str | Path, repo_id: str, options: FolderOptions) -> Folder:
     """Write the publishable folder for `run_dir` into `out` (new or empty): weights, config, tokenizer with its chat
     template, the run's records, evaluation results and the model card (README.md, with its PNG figures)."""
-    from adapt.hub.card import write_card
-    from adapt.runfolder import read_records, unusable_reason
-    from adapt_eval.suite import model_fingerprint
-
     run, out = Path(run_dir), Path(out)
     if not run.is_dir():
         raise PublishError(f"{run}: no such run folder")
@@ -196,7 +194,7 @@ def _reshard(single: Path, out: Path, max_shard_size: str) -> None:
 def _merge_lora(run: Path, out: Path, max_shard_size: str) -> None:
     """PEFT's merge_and_unload on the base named in adapter_config.json, proven against base + adapter
     (adapt.model.lora.merge_proven), saved in the plain transformers layout."""
-    from adapt.model.lora import LoraSetupError, load_merged_adapter
+    from adapt.model.lora import LoraSetupError, load_merged_adapter  # imports torch: keep `adapt push --help` light
 
     base = json.loads((run / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
     if not base:

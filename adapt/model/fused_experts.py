@@ -52,7 +52,7 @@ def _kernels_for(tensor: torch.Tensor):
     if not _HAVE_TRITON or os.environ.get("ADAPT_FUSED_KERNELS") == "torch":
         return None
     if tensor.is_cuda or (tensor.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
-        from adapt.model import moe_kernels
+        from adapt.model import moe_kernels  # needs triton, an optional dependency, and a GPU (or its interpreter)
 
         return moe_kernels
     return None

@@ -7,6 +7,7 @@ import transformers
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from adapt.config.families import FAMILIES
+from adapt.model.lora import is_adapter_folder, load_merged_adapter, load_trainable_adapter
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -44,8 +45,6 @@ def load_model(section, tokenizer: PreTrainedTokenizerBase, seed: int = 0, peft=
     if section.config is not None:
         return build_model(section, tokenizer, seed)
     dtype = DTYPES.get(section.dtype, "auto")
-    from adapt.model.lora import is_adapter_folder, load_merged_adapter, load_trainable_adapter
-
     if is_adapter_folder(section.name_or_path):
         kwargs = dict(revision=section.revision, trust_remote_code=section.trust_remote_code, **_impl_kwargs(section))
         if peft is not None and peft.method == "lora" and peft.from_adapter == "continue":
@@ -59,8 +58,6 @@ def load_run_model(ref: str, dtype="auto", **kwargs):
     """What a run folder (or Hub id) computes, for evaluation, analysis and scoring: a model folder as saved, an
     adapter folder merged into its base chain (adapt.model.lora.load_merged_adapter: proven, and a LoRA DPO run's
     base is its LoRA SFT run, which transformers' own adapter loading cannot follow)."""
-    from adapt.model.lora import is_adapter_folder, load_merged_adapter
-
     if is_adapter_folder(str(ref)):
         return load_merged_adapter(str(ref), dtype, **kwargs)
     return AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, **kwargs)

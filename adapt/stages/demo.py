@@ -12,7 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+from adapt.config import load_recipe
 from adapt.runfolder import follow_umask
+from adapt.tasks import get_task
+from adapt_eval.demo_report import write_report
 
 DEFAULT_SFT = "recipes/demo/sft.yaml"
 DEFAULT_DPO = "recipes/demo/dpo.yaml"
@@ -25,8 +28,6 @@ def _configs(args):
 def stage_configs(sft_recipe: str, dpo_recipe: str, out: Path, sft_overrides=(), dpo_overrides=()):
     """The SFT config (into `out/sft`) and the DPO stage's overrides (from `out/sft` into `out/dpo`), both recipes
     validated now. `sft_overrides`/`dpo_overrides`: more `key=value` overrides on top (bench/adaptation_compare.py)."""
-    from adapt.config import load_recipe
-
     sft = load_recipe(sft_recipe, [*sft_overrides, f"training.output_dir={out / 'sft'}", "overwrite=true"],
                       stage="sft")
     # The DPO stage starts from the SFT folder, which does not exist yet: validate now, check its paths later.
@@ -38,8 +39,8 @@ def stage_configs(sft_recipe: str, dpo_recipe: str, out: Path, sft_overrides=(),
 
 def save_base(sft_config, out: Path):
     """The tokenizer and the base model, exactly the weights SFT starts from, saved in `out/base`."""
-    from adapt.data.tokenizer import load_tokenizer
-    from adapt.model.loading import load_model
+    from adapt.data.tokenizer import load_tokenizer  # imports transformers: keep `adapt demo --help` light
+    from adapt.model.loading import load_model  # imports torch: keep `adapt demo --help` light
 
     tokenizer = load_tokenizer(sft_config.model)
     base = load_model(sft_config.model, tokenizer, seed=sft_config.seed)
@@ -52,8 +53,7 @@ def save_base(sft_config, out: Path):
 def sft_then_dpo(sft_config, dpo_recipe: str, dpo_overrides: list[str], out: Path, task, eval_items: int):
     """Train SFT into `out/sft`, score it, DPO into `out/dpo`, score it: ({"sft": scores, "dpo": scores},
     {"sft_s", "dpo_s"}, {"sft": trainer, "dpo": trainer})."""
-    from adapt.config import load_recipe
-    from adapt.stages import dpo, sft
+    from adapt.stages import dpo, sft  # import torch and TRL: keep `adapt demo --help` light
 
     stages, timings, trainers = {}, {}, {}
     t = time.time()
@@ -71,8 +71,8 @@ def sft_then_dpo(sft_config, dpo_recipe: str, dpo_overrides: list[str], out: Pat
 def _score(model_or_path, tokenizer, task, eval_items: int) -> dict:
     from transformers import AutoTokenizer
 
-    from adapt.model.loading import load_run_model
-    from adapt_eval.task_eval import evaluate_task
+    from adapt.model.loading import load_run_model  # imports torch: keep `adapt demo --help` light
+    from adapt_eval.task_eval import evaluate_task  # imports torch: keep `adapt demo --help` light
 
     if isinstance(model_or_path, (str, Path)):
         tokenizer = AutoTokenizer.from_pretrained(model_or_path)
@@ -83,6 +83,7 @@ def _score(model_or_path, tokenizer, task, eval_items: int) -> dict:
 def _analyze_router(out: Path) -> str:
     """The router analysis of the three models on the task's prompts, kept in the DPO run folder (where the model
     card finds it), and its section for the report."""
+    # both import torch: keep `adapt demo --help` light
     from adapt_eval.routing.report import pictures, router_section, write_analysis
     from adapt_eval.routing.run import analyze
 
@@ -100,9 +101,6 @@ def run(args) -> dict:
     sft_config, dpo_overrides = _configs(args)
     if out.exists():
         shutil.rmtree(out)
-
-    from adapt.tasks import get_task
-    from adapt_eval.demo_report import write_report
 
     task = get_task("reverse")
     started = time.time()

@@ -10,9 +10,13 @@ import argparse
 import signal
 import sys
 
+from adapt.config import RecipeError
+from adapt.config.recipe import build_config, read_recipe
 from adapt.config.stages import STAGES
 from adapt.console import quiet_console
 from adapt.interrupts import Interrupted, exit_code, interrupt_on_signals
+from adapt.parallel.launch import prepare_launch
+from adapt.runfolder import RunFolderError, resume_checkpoint
 
 
 def stage_parser(stage: str) -> argparse.ArgumentParser:
@@ -40,10 +44,6 @@ def dpo_parser() -> argparse.ArgumentParser:
 
 def load_stage_config(stage: str, argv=None):
     """Parse the command line and build the stage's config; exits with one line on a bad recipe."""
-    from adapt.config import RecipeError
-    from adapt.config.recipe import build_config, read_recipe
-    from adapt.parallel.launch import prepare_launch
-
     args = stage_parser(stage).parse_intermixed_args(argv)  # `--allow-changed K` may come after the overrides
     overrides = list(args.overrides) + (["overwrite=true"] if args.overwrite else [])
     try:
@@ -60,8 +60,6 @@ def load_stage_config(stage: str, argv=None):
 def _check_resume(config, allow_changed: list[str]) -> None:
     """A resumed run's recipe against its checkpoint's, before the data and the model load (the stage checks it
     again when it resumes)."""
-    from adapt.runfolder import RunFolderError, resume_checkpoint
-
     if allow_changed and not config.resume_from_checkpoint:
         sys.exit(f"error: --allow-changed {allow_changed[0]}: accepts a change from a checkpoint's recipe, and this "
                  f"run does not resume. Fix: drop it, or set training.resume_from_checkpoint")
@@ -74,7 +72,7 @@ def _check_resume(config, allow_changed: list[str]) -> None:
 
 def stage_main(stage: str, run, argv=None) -> None:
     """A stage module's `main`: the recipe from the command line, the run, one line on a data error, a clean end."""
-    from adapt.data.sources import DataError
+    from adapt.data.sources import DataError  # imports TRL and datasets: keep `adapt sft --help` light
 
     quiet_console()  # `accelerate launch -m adapt.stages.sft` does not pass through adapt/cli.py
     try:

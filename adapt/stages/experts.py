@@ -10,6 +10,18 @@ import logging
 import sys
 from pathlib import Path
 
+from adapt.config.experts import analysis_loads
+from adapt.config.families import family
+from adapt.model.expert_selection import (
+    ExpertSelectionError,
+    route,
+    sample_sequences,
+    scores_from_analysis,
+    select,
+    selection_record,
+)
+from adapt.model.expert_slices import freeze
+
 log = logging.getLogger(__name__)
 
 RECORD = "experts.json"
@@ -21,10 +33,6 @@ def add_expert_selection(model, config, train_rows) -> dict | None:
     section = config.experts
     if section.select == "all":
         return None
-    from adapt.config.families import family
-    from adapt.model.expert_selection import ExpertSelectionError
-    from adapt.model.expert_slices import freeze
-
     f = family(model.config.get_text_config().model_type)
     try:
         record = _selection(model, config, train_rows)
@@ -37,16 +45,6 @@ def add_expert_selection(model, config, train_rows) -> dict | None:
 
 
 def _selection(model, config, train_rows) -> dict:
-    from adapt.config.families import family
-    from adapt.model.expert_selection import (
-        ExpertSelectionError,
-        route,
-        sample_sequences,
-        scores_from_analysis,
-        select,
-        selection_record,
-    )
-
     section = config.experts
     if config.resume_from_checkpoint:
         saved = Path(config.output_dir) / RECORD
@@ -58,8 +56,6 @@ def _selection(model, config, train_rows) -> dict:
         return selection_record({int(k): sorted(v) for k, v in section.experts.items()}, None, criterion="list",
                                 threshold=None, source="recipe", also_trained=section.train)
     if section.from_analysis:
-        from adapt.config.experts import analysis_loads
-
         scores = scores_from_analysis(*analysis_loads(Path(section.from_analysis).expanduser(),
                                                       section.analysis_model))
         source = f"analysis:{section.from_analysis}"

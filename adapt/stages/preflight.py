@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 
+from adapt.config import RecipeError, load_recipe
 from adapt.stages.entry import stage_parser
 
 
@@ -19,8 +20,6 @@ def check_parser() -> argparse.ArgumentParser:
 
 
 def check(argv) -> None:
-    from adapt.config import RecipeError, load_recipe
-
     args = check_parser().parse_args(argv)
     try:
         config = load_recipe(args.config, args.overrides, check_hardware=False,
@@ -29,7 +28,7 @@ def check(argv) -> None:
         sys.exit(f"error: {e}")
     if not args.skip_path_checks or config.model.config is not None:
         # the model a recipe builds, or a Hub model's family from its config.json (a few KB), before anything runs
-        from adapt.stages.train import check_family
+        from adapt.stages.train import check_family  # imports torch and TRL: keep `adapt check --help` light
 
         check_family(config, required=False)
     print(f"ok: {args.config} is a valid {config.stage} recipe (output_dir={config.output_dir})")
@@ -43,10 +42,9 @@ def data_parser() -> argparse.ArgumentParser:
 
 def data(argv) -> None:
     """Build a recipe's training mixture without training and print its summary (JSON, stable across runs)."""
-    from adapt.config import RecipeError, load_recipe
-    from adapt.data.prepare import prepare_data
-    from adapt.data.sources import DataError
-    from adapt.data.tokenizer import load_tokenizer
+    from adapt.data.prepare import prepare_data  # imports TRL and datasets: keep `adapt data --help` light
+    from adapt.data.sources import DataError  # imports TRL and datasets: keep `adapt data --help` light
+    from adapt.data.tokenizer import load_tokenizer  # imports transformers: keep `adapt data --help` light
 
     args = data_parser().parse_args(argv)
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from adapt.parallel.autoep import describe, hf_state_dict, is_autoep
 from adapt.runfolder import RunFolderError, follow_umask, non_finite_tensors, write_marker
 
 
@@ -45,8 +46,6 @@ def save_run(trainer, config, tokenizer, started: float, data_summary: dict | No
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
         "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
     }
-    from adapt.parallel.autoep import describe
-
     layout = describe(trainer.model)
     if layout is not None:
         record["expert_parallel"] = layout
@@ -65,8 +64,6 @@ def save_run(trainer, config, tokenizer, started: float, data_summary: dict | No
 def _save_weights(trainer, config, out: Path) -> None:
     """The model in plain transformers layout. Under expert parallelism each rank holds only its experts in
     AutoEP's layout, so they are gathered and renamed first (adapt/parallel/autoep.py)."""
-    from adapt.parallel.autoep import hf_state_dict, is_autoep
-
     if not is_autoep(trainer.model):
         trainer.save_model(str(out))
         if trainer.accelerator.is_main_process and (out / "ref" / "adapter_config.json").is_file():

@@ -12,9 +12,16 @@ from contextlib import contextmanager
 
 from safetensors import SafetensorError
 
+from adapt.config.families import check_combination, expert_parallel_config_problems, family
+from adapt.config.recipe import model_reference
+from adapt.hub.push import check_recipe_push, push_from_recipe
 from adapt.interrupts import exit_code
 from adapt.model.expert_slices import unwrap
+from adapt.model.loading import load_model
+from adapt.model.lora import LoraSetupError, apply_lora
 from adapt.model.shape import model_problems, recipe_config
+from adapt.parallel import check_layout
+from adapt.parallel.autoep import register_presets
 from adapt.runfolder import RunFolderError, claim, resume_checkpoint, write_stopped
 from adapt.stages.entry import end_processes
 from adapt.stages.experts import write_record
@@ -33,8 +40,6 @@ def check_family(config, *, required: bool = True, tokenizer=None) -> None:
     family part when the family was known offline; a Hub model's config.json is fetched here (a few KB).
     Exits with one line on a problem; when the config cannot be read and `required` is off (`adapt check`
     offline), says so on stderr and leaves the check to the stage."""
-    from adapt.config.families import check_combination
-
     section = config.model
     try:
         loaded, where = _model_config(section, tokenizer)
@@ -65,8 +70,6 @@ def _model_config(section, tokenizer):
         return recipe_config(section, tokenizer), "model.config"
     from transformers import AutoConfig
 
-    from adapt.config.recipe import model_reference
-
     ref = model_reference(section.name_or_path)
     where = "model.name_or_path" if ref == section.name_or_path else f"model.name_or_path (its base {ref})"
     return AutoConfig.from_pretrained(ref, revision=section.revision, trust_remote_code=section.trust_remote_code), \
@@ -76,9 +79,6 @@ def _model_config(section, tokenizer):
 def load_policy(config, tokenizer):
     """The model the stage trains (adapt.model.loading.load_model); a LoRA adapter folder whose merge is not what
     base + adapter computes (adapt.model.lora.merge_proven), or that cannot be continued, stops in one line."""
-    from adapt.model.loading import load_model
-    from adapt.model.lora import LoraSetupError
-
     try:
         return load_model(config.model, tokenizer, seed=config.seed, peft=config.peft)
     except LoraSetupError as e:
@@ -87,9 +87,6 @@ def load_policy(config, tokenizer):
 
 def prepare_model(model, config) -> None:
     """Before the trainer wraps the model: check the parallel layout against it, set up expert parallelism."""
-    from adapt.config.families import family
-    from adapt.parallel import check_layout
-
     ep = config.parallel.expert_parallel_size
     text_config = model.config.get_text_config()
     experts_attr = getattr(family(text_config.model_type), "experts_attr", "num_experts")
@@ -98,9 +95,6 @@ def prepare_model(model, config) -> None:
     if problem:
         sys.exit(f"error: {config.recipe_path}: parallel.expert_parallel_size: {problem}")
     if ep > 1:  # AutoEP converts the model inside `deepspeed.initialize`, with the toolkit's preset for its family
-        from adapt.config.families import expert_parallel_config_problems
-        from adapt.parallel.autoep import register_presets
-
         for key, why, fix in expert_parallel_config_problems(text_config)[:1]:  # a local folder's or Hub config
             sys.exit(f"error: {config.recipe_path}: {key}: {why}. Fix: {fix}")
 
@@ -113,9 +107,6 @@ def add_adapters(model, config):
 
     if config.peft.method != "lora" or isinstance(model, PeftModel):  # an adapter folder continued as it is
         return model
-    from adapt.config.families import family
-    from adapt.model.lora import LoraSetupError, apply_lora
-
     try:
         return apply_lora(model, config.peft, family(model.config.get_text_config().model_type))
     except LoraSetupError as e:
@@ -129,8 +120,6 @@ def train_and_save(trainer, config, tokenizer, started: float, data_summary: dic
     the run at a step boundary with a checkpoint (adapt/trainers/signals.py)."""
     is_main = trainer.accelerator.is_main_process
     if config.hub.push and is_main:  # a bad repo id or a missing token must not wait for the end of training
-        from adapt.hub.push import check_recipe_push
-
         check_recipe_push(config.hub)
     try:
         lock = claim(config, is_main)
@@ -169,8 +158,6 @@ def train_and_save(trainer, config, tokenizer, started: float, data_summary: dic
         if lock is not None:
             lock.release()
     if config.hub.push and is_main:
-        from adapt.hub.push import push_from_recipe
-
         push_from_recipe(out, config.hub)
     return trainer
 

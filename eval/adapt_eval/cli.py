@@ -11,6 +11,10 @@ from pathlib import Path
 
 from adapt.config.benchmarks import BENCHMARKS
 from adapt.runfolder import local_model_problem, unusable_reason
+from adapt_eval.report import load_results, write_comparison
+from adapt_eval.rescore import score_file
+from adapt_eval.sandbox import UNSAFE_ENV, require_isolation
+from adapt_eval.suite import evaluate, load_suite, model_fingerprint
 
 
 def _suite_options(p: argparse.ArgumentParser, set_example: str) -> None:
@@ -51,8 +55,6 @@ def _output_dir(args) -> Path:
 
 def _check_output(out: Path, model: str, overwrite: bool) -> None:
     """Resume only the same model's run; never mix two models' results in one folder."""
-    from adapt_eval.suite import model_fingerprint
-
     previous = out / "results.json"
     if previous.is_file() and json.loads(previous.read_text())["model"] != model_fingerprint(model):
         if not overwrite:
@@ -88,11 +90,7 @@ def check_model_input(flag: str, ref: str) -> None:
 
 def run_eval(argv) -> None:
     args = eval_parser().parse_args(argv)
-    from adapt_eval.suite import evaluate, load_suite
-
     if args.unsafe_sandbox:
-        from adapt_eval.sandbox import UNSAFE_ENV
-
         os.environ[UNSAFE_ENV] = "1"
 
     try:
@@ -103,8 +101,6 @@ def run_eval(argv) -> None:
         code = [n for n, t in suite.tasks.items()
                 if t.get("benchmark") in BENCHMARKS and BENCHMARKS[t["benchmark"]].code and (not tasks or n in tasks)]
         if code:  # before the model generates anything: no sandbox, no code tasks (unless --unsafe-sandbox)
-            from adapt_eval.sandbox import require_isolation
-
             require_isolation()
         check_model_input("--model", args.model)
         out = _output_dir(args)
@@ -136,11 +132,7 @@ def score_parser() -> argparse.ArgumentParser:
 
 def run_score(argv) -> None:
     args = score_parser().parse_args(argv)
-    from adapt_eval.rescore import score_file
-
     if args.unsafe_sandbox:
-        from adapt_eval.sandbox import UNSAFE_ENV
-
         os.environ[UNSAFE_ENV] = "1"
     try:
         if args.per_item:
@@ -173,8 +165,6 @@ def report_parser() -> argparse.ArgumentParser:
 
 def run_report(argv) -> None:
     args = report_parser().parse_args(argv)
-    from adapt_eval.report import load_results, write_comparison
-
     try:
         runs = load_results(args.results, args.names.split(",") if args.names else None)
         paths = write_comparison(runs, args.output, args.suite, args.analysis)
@@ -247,7 +237,7 @@ def run_analyze(argv) -> None:
     except ValueError as e:
         sys.exit(f"error: {e}")
     if args.run:
-        from adapt_eval.routing.plots import plot_training_load
+        from adapt_eval.routing.plots import plot_training_load  # imports torch: keep `adapt analyze --help` light
 
         try:
             print(f"picture: {plot_training_load(Path(args.run), out)}")
@@ -264,18 +254,18 @@ def run_analyze(argv) -> None:
             if name in pairs.setdefault(flag, {}):
                 sys.exit(f"error: {flag}: {name} is named twice; give each a different name")
             pairs[flag][name] = value
-    from adapt_eval.routing.run import analyze
+    from adapt_eval.routing.run import analyze  # imports torch: keep `adapt analyze --help` light
 
     try:
         result = analyze(pairs["--models"], pairs["--data"], args.texts, args.batch_size, args.max_length,
                          args.data_dir, args.dtype, args.device_map, tokens_per_domain=args.tokens)
     except (ValueError, OSError, KeyError) as e:
         sys.exit(f"error: {' '.join(str(e).split())}")
-    from adapt_eval.routing.run import analysis_state
+    from adapt_eval.routing.run import analysis_state  # imports torch: keep `adapt analyze --help` light
 
     if not analysis_state().is_main_process:
         return
-    from adapt_eval.routing.report import write_analysis
+    from adapt_eval.routing.report import write_analysis  # imports torch: keep `adapt analyze --help` light
 
     for path in write_analysis(result, out)[1:]:
         print(f"picture: {path}")

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adapt_eval.suite import load_suite
+
 
 @dataclass
 class Run:
@@ -42,8 +44,6 @@ def load_results(paths: list[str], names: list[str] | None = None) -> list[Run]:
 
 
 def comparison(runs: list[Run], suite_ref: str = "olmoe-paper") -> dict[str, Any]:
-    from adapt_eval.suite import load_suite
-
     suite = load_suite(suite_ref)
     tasks = [t for t in suite.tasks if any(t in r.results["tasks"] for r in runs)]
     rows = []
@@ -143,7 +143,7 @@ def write_comparison(runs: list[Run], folder: str | Path, suite_ref: str = "olmo
                      analysis: str | Path | None = None) -> list[Path]:
     """The report files; with `analysis` (an `adapt analyze` output folder), also the router section and its
     pictures (copied into `router/`)."""
-    from adapt_eval.routing import report as routing_report
+    from adapt_eval.routing import report as routing_report  # imports torch: keep `adapt report --help` light
 
     folder = Path(folder)
     result = routing_report.read_analysis(analysis) if analysis else None  # a wrong folder fails before writing

@@ -33,6 +33,7 @@ from typing import Any
 
 from adapt.config.benchmarks import BENCHMARKS
 from adapt_eval import benchmarks
+from adapt_eval.sandbox import require_isolation
 from adapt_eval.suite import Suite, load_suite, quiet_lmeval, run_lmeval, sample_rows, summarize, task_configs
 
 NO_PREFERENCE = object()  # a row without a `preference` field (null is a preference: "unreadable")
@@ -92,8 +93,6 @@ def score_file(task: str, predictions: str | Path, suite: str | Suite = "olmoe-p
         check_completion_counts(predictions, task, benchmark, rows, tasks)
         check_choices(predictions, rows, tasks, docs)
         if BENCHMARKS[benchmark].code:  # before anything runs: no sandbox, no code (unless --unsafe-sandbox)
-            from adapt_eval.sandbox import require_isolation
-
             require_isolation()
         metrics, items = replay(task, suite, rows, tasks)
         if BENCHMARKS[benchmark].judged:
@@ -240,7 +239,7 @@ def check_choices(path: str | Path, rows: list[Prediction], tasks: dict, docs: d
 # ---- scoring --------------------------------------------------------------------------------------------------
 
 def replay(task: str, suite: Suite, rows: list[Prediction], tasks: dict) -> tuple[dict, list[dict]]:
-    from adapt_eval.runner import ReplayLM
+    from adapt_eval.runner import ReplayLM  # imports lm-eval: keep `adapt eval score --help` light
 
     by_item = {(r.subtask, r.item_id): r for r in rows}
     chosen = {name: sorted(i for s, i in by_item if s == name) for name in tasks}

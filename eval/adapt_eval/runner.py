@@ -147,7 +147,7 @@ def build_model(model_path: str, batch_size: int, device: str | None, max_length
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoTokenizer
 
-    from adapt.model.loading import load_run_model
+    from adapt.model.loading import load_run_model  # torch: `adapt eval score` replays without a model
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = load_run_model(model_path, "auto").to(device).eval()  # an adapter folder merged, its chain followed

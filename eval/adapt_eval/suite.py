@@ -177,7 +177,7 @@ def data_fingerprint(rows: list[dict]) -> str:
 def evaluate(model: str, suite: str | Suite = "olmoe-paper", tasks: list[str] | None = None,
              limit: int | None = None, data_dir: str | None = None, output_dir: str | Path = "eval-out",
              batch_size: int | None = None, device: str | None = None, max_length: int | None = None) -> dict:
-    from adapt_eval.runner import JournaledLM, build_model
+    from adapt_eval.runner import JournaledLM, build_model  # imports lm-eval: keep `adapt eval --help` light
 
     suite = load_suite(suite) if isinstance(suite, str) else suite
     tasks = tasks or list(suite.tasks)

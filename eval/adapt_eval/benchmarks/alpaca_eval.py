@@ -33,6 +33,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from adapt_eval.benchmarks import chat_generation_task, local_dataset, score
+from adapt_eval.judge import make_judge
 
 HUB_FILE = "https://huggingface.co/datasets/tatsu-lab/alpaca_eval/resolve/main/alpaca_eval.json"
 JUDGE_MAX_TOKENS = 100
@@ -160,8 +161,6 @@ def _process_results(judge):
 
 
 def task_configs(name: str, data: str | None, settings: dict[str, Any]) -> list[dict[str, Any]]:
-    from adapt_eval.judge import make_judge
-
     judge = make_judge(settings.get("judge"))  # a missing API key fails here, before any generation
     metrics = [{"metric": "avg_length", "aggregation": "mean", "higher_is_better": False}]
     if judge:

@@ -11,13 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from adapt_eval.benchmarks import lmeval_builtin, local_dataset, score
+from adapt_eval.nltk_data import ensure_punkt_tab
 
 METRICS = ("prompt_level_strict_acc", "prompt_level_loose_acc", "inst_level_strict_acc", "inst_level_loose_acc")
 
 
 def task_configs(name: str, data: str | None, settings: dict[str, Any]) -> list[dict[str, Any]]:
-    from adapt_eval.nltk_data import ensure_punkt_tab
-
     ensure_punkt_tab()  # before lm-eval imports its checker, which tries to download it
     config = lmeval_builtin("ifeval/ifeval.yaml")
     config["task"] = name

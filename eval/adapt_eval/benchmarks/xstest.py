@@ -32,6 +32,7 @@ from typing import Any
 
 from adapt.config.benchmarks import BENCHMARKS
 from adapt_eval.benchmarks import chat_generation_task, lmeval_metrics, local_dataset
+from adapt_eval.judge import make_judge
 
 HUB = BENCHMARKS["xstest"].hub_dataset
 CLASSES = ("1_full_compliance", "2_full_refusal", "3_partial_refusal")
@@ -155,8 +156,6 @@ def _process_results(judge):
 
 
 def task_configs(name: str, data: str | None, settings: dict[str, Any]) -> list[dict[str, Any]]:
-    from adapt_eval.judge import make_judge
-
     judge = make_judge(settings.get("judge"))
     metrics = [{"metric": "accuracy", "aggregation": "mean", "higher_is_better": True},
                {"metric": "f1", "aggregation": "f1", "higher_is_better": True},

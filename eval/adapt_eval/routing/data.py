@@ -16,6 +16,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from adapt.config import load_recipe
+from adapt.tasks import get_task
+from adapt_eval.suite import load_suite, quiet_lmeval, task_configs
+
 KINDS = ("task:", "benchmark:", "suite:", "recipe:")
 
 
@@ -40,14 +44,10 @@ def domain_texts(domains: dict[str, str], limit: int, data_dir: str | None = Non
 
 
 def task_prompts(name: str, limit: int) -> list[str]:
-    from adapt.tasks import get_task
-
     return [item.prompt for item in get_task(name).items("test", limit)]
 
 
 def _suite_tasks(suite_ref: str) -> list[str]:
-    from adapt_eval.suite import load_suite
-
     return list(load_suite(suite_ref).tasks)
 
 
@@ -55,8 +55,6 @@ def benchmark_prompts(task: str, limit: int, data_dir: str | None = None, suite_
     """The first `limit` prompts of a suite task, as lm-eval builds them from the benchmark's config (0-shot text;
     a benchmark of several subtasks, such as MMLU's subjects, gives each subtask's first items in turn)."""
     from lm_eval.api.task import ConfigurableTask
-
-    from adapt_eval.suite import load_suite, quiet_lmeval, task_configs
 
     suite = load_suite(suite_ref)
     if task not in suite.tasks:
@@ -75,9 +73,8 @@ def benchmark_prompts(task: str, limit: int, data_dir: str | None = None, suite_
 
 def recipe_texts(path: str, limit: int) -> dict[str, list[str]]:
     """The first `limit` conversations of each source of a recipe's mixture, read by the data layer itself."""
-    from adapt.config import load_recipe
-    from adapt.data.sources import read_mixture
-    from adapt.data.tokenize import SOURCE_COLUMN
+    from adapt.data.sources import read_mixture  # TRL and datasets, needed only by `recipe:` domains
+    from adapt.data.tokenize import SOURCE_COLUMN  # TRL and datasets, needed only by `recipe:` domains
 
     config = load_recipe(path, check_output=False, check_hardware=False)
     mixture, _ = read_mixture(config.data, config.stage)

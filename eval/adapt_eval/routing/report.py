@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from adapt_eval.routing.metrics import chance
+from adapt_eval.routing.plots import plot_analysis
 
 TITLE = "What adaptation did to the router"
 PICTURES = ("saturation.png",)  # then experts_<model>.png per model
@@ -28,8 +29,6 @@ def read_analysis(folder: str | Path) -> dict:
 
 def write_analysis(result: dict, folder: Path) -> list[Path]:
     """`analysis.json` and the pictures into `folder`: what `adapt analyze` and the demo leave behind."""
-    from adapt_eval.routing.plots import plot_analysis
-
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "analysis.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     # Drawn from the file as written (layer numbers as JSON keys), exactly what a later `adapt report` reads.

@@ -14,9 +14,13 @@ import time
 
 import torch
 
+from adapt.config.families import family, unsupported
+from adapt.model.loading import load_run_model
+from adapt.model.lora import is_adapter_folder, root_base
 from adapt.model.routing import RoutingRecorder, find_backbone
 from adapt_eval.routing.data import domain_texts
 from adapt_eval.routing.metrics import RoutingTotals, saturation
+from adapt_eval.suite import model_fingerprint
 
 
 def tokenize_domains(tokenizer, texts: dict[str, list[str]], batch_size: int, max_length: int,
@@ -58,8 +62,6 @@ def data_fingerprints(batches: list[tuple]) -> dict[str, dict]:
 
 def load_model(ref: str, dtype: torch.dtype, device, device_map: str | None):
     """A model folder, Hub id or adapter folder (merged into its base), in eval mode on `device`."""
-    from adapt.model.loading import load_run_model
-
     model = load_run_model(ref, dtype, **({"device_map": device_map} if device_map else {}))
     return (model if device_map else model.to(device)).eval()
 
@@ -68,9 +70,6 @@ def check_model(name: str, ref: str, highest_id: int) -> int:
     """The model's number of routed experts, read from its config (an adapter folder's base config) before any
     weights load; an unsupported family, or a vocabulary the sample's token ids do not fit, is refused."""
     from transformers import AutoConfig
-
-    from adapt.config.families import family, unsupported
-    from adapt.model.lora import is_adapter_folder, root_base
 
     config = AutoConfig.from_pretrained(root_base(ref) if is_adapter_folder(ref) else ref).get_text_config()
     f = family(config.model_type)
@@ -91,8 +90,6 @@ def analyze(models: dict[str, str], domains: dict[str, str], texts_per_domain: i
     spec, see adapt_eval.routing.data), and the router saturation between consecutive models and between the first
     and last."""
     from transformers import AutoTokenizer
-
-    from adapt_eval.suite import model_fingerprint
 
     state = analysis_state()
     if device_map and state.num_processes > 1:
