@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import trl
 
-from adapt.config.loss_scale import LossScale
+from adapt.config.loss_scale import LossScale, loss_scale
 from adapt.config.sections import (
     SECTION_TYPES,
     DataSection,
@@ -49,7 +49,8 @@ OWNED_TRAINING_KEYS = {
 class _Decided:
     """What the recipe loader decides from the final recipe (adapt/config/recipe.py `_finished`); not recipe keys."""
 
-    # How the loss is reduced and scaled (adapt/config/loss_scale.py); None only in a config built by hand.
+    # How the loss is reduced and scaled (adapt/config/loss_scale.py): decided by the recipe loader, or in
+    # __post_init__ for a config built by hand.
     loss_scale: LossScale | None = field(default=None, metadata={
         "recipe_key": False, "help": "How the loss is reduced and scaled, decided once the config is final "
         "(adapt/config/loss_scale.py); not a recipe key."})
@@ -92,6 +93,12 @@ class _AdaptSections(_Decided):
         "recipe_key": False,
         "help": "Recipe keys a resumed run may change from its checkpoint's (`adapt sft|dpo --allow-changed KEY`, "
                 "checked by adapt/runfolder.py `check_same_recipe`); a command-line flag, not a recipe key."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.loss_scale is None:  # built by hand, not by load_recipe: the same rule, decided once, here
+            self.loss_scale = loss_scale(STAGES[self.stage], self.loss_reduction, self.average_tokens_across_devices)
+            self.average_tokens_across_devices = self.loss_scale.average_tokens_across_devices
 
     def training_dict(self) -> dict[str, Any]:
         """The TRL/transformers fields only, JSON-serialisable (enums as values, tokens hidden)."""
