@@ -209,9 +209,9 @@ def check_complete(folder: str | os.PathLike) -> None:
         raise RunFolderError(f"{folder}: incomplete run folder: {reason}")
 
 
-def read_records(path: str | os.PathLike) -> list[dict]:
-    """A run's JSONL record (`metrics.jsonl`, `router_stats.jsonl`): one JSON object per line. A line that is not one
-    (a hand edit, a disk that filled up mid-line) is a ValueError naming the file and the line."""
+def numbered_records(path: str | os.PathLike) -> list[tuple[int, dict]]:
+    """A JSONL file as (line number, object) pairs, blank lines skipped. A line that is not one JSON object (a hand
+    edit, a disk that filled up mid-line) is a ValueError naming the file and the line."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -224,11 +224,16 @@ def read_records(path: str | os.PathLike) -> list[dict]:
         try:
             row = json.loads(line)
         except ValueError as e:
-            raise ValueError(f"{path}: line {n}: not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+            raise ValueError(f"{path}: line {n}: not valid JSON ({getattr(e, 'msg', e)})") from None
         if not isinstance(row, dict):
             raise ValueError(f"{path}: line {n}: expected a JSON object")
-        rows.append(row)
+        rows.append((n, row))
     return rows
+
+
+def read_records(path: str | os.PathLike) -> list[dict]:
+    """A run's JSONL record (`metrics.jsonl`, `router_stats.jsonl`): one JSON object per line (numbered_records)."""
+    return [row for _, row in numbered_records(path)]
 
 
 # ------------------------------------------------------------------------------------------ what the weights hold

@@ -13,10 +13,10 @@ Each domain takes its first `limit` texts: the sample is the same for every mode
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from adapt.config import load_recipe
+from adapt.runfolder import numbered_records
 from adapt.tasks import get_task
 from adapt_eval.suite import load_suite, quiet_lmeval, task_configs
 
@@ -95,19 +95,7 @@ def source_label(src) -> str:
 
 def file_texts(path: str, limit: int) -> list[str]:
     texts = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise ValueError(f"{path}: line {n}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}: line {n}: expected a JSON object with a prompt, text, instruction or messages")
+    for n, row in numbered_records(path):  # a bad line is named with its file and line number
         text = row.get("prompt") or row.get("text") or row.get("instruction") or "\n\n".join(
             m.get("content", "") for m in row.get("messages", []) if isinstance(m, dict))
         if not isinstance(text, str) or not text:
